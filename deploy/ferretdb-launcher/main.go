@@ -22,10 +22,26 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 
+	"github.com/FerretDB/FerretDB/build/version"
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
+
+const ferretdbModule = "github.com/FerretDB/FerretDB"
+
+// ferretdbVersion is the version of the FerretDB module compiled in, from the build info.
+func ferretdbVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range bi.Deps {
+			if dep.Path == ferretdbModule {
+				return dep.Version
+			}
+		}
+	}
+	return "unknown"
+}
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
@@ -69,6 +85,10 @@ func run() error {
 	// The SQLite handler wants a "file:" URI naming a directory, with a trailing slash.
 	sqliteURL := (&url.URL{Scheme: "file", Opaque: filepath.ToSlash(dir) + "/"}).String()
 
+	// The embeddable package leaves the version "unknown" (it only reads it from generated
+	// files in FerretDB's own builds); report the real one in buildInfo/serverStatus.
+	version.Get().Version = ferretdbVersion()
+
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listenAddr},
 		Logger:    logger,
@@ -82,12 +102,14 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	logger.Info("flowyard-ferretdb starting", "listen", *listenAddr, "sqlite", sqliteURL)
+	// Printed regardless of the log level, so the log always shows what was started.
+	fmt.Fprintf(os.Stderr, "flowyard-ferretdb: FerretDB %s listening on %s, SQLite %s\n",
+		version.Get().Version, *listenAddr, sqliteURL)
 
 	if err = f.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 
-	logger.Info("flowyard-ferretdb stopped")
+	fmt.Fprintln(os.Stderr, "flowyard-ferretdb: stopped")
 	return nil
 }

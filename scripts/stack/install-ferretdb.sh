@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Builds FerretDB v1 (SQLite backend) from the Go module proxy by compiling the small
 # launcher in deploy/ferretdb-launcher, which embeds github.com/FerretDB/FerretDB/ferretdb.
 # Output: $FLOWYARD_CACHE_DIR/ferretdb-<version>/flowyard-ferretdb. Skips when up to date.
 set -euo pipefail
-# shellcheck source=scripts/stack/lib.sh
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 [[ -f "$FERRETDB_SRC/go.mod" ]] || die "launcher sources not found in $FERRETDB_SRC"
 
-if [[ -x "$FERRETDB_BIN" ]] &&
-	[[ -z "$(find "$FERRETDB_SRC" -type f -newer "$FERRETDB_BIN" -print -quit)" ]]; then
+if ferretdb_installed; then
 	log "FerretDB $FERRETDB_VERSION already built: $FERRETDB_BIN"
 	exit 0
 fi
@@ -25,7 +25,7 @@ start=$SECONDS
 # be complete (it is committed), pure-Go SQLite so no C toolchain is needed.
 if ! (
 	cd "$FERRETDB_SRC" &&
-		env -u GOFLAGS GO111MODULE=on CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" \
+		env GO111MODULE=on CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" \
 			"$GO_BIN" build -trimpath -ldflags="-s -w" -o "$tmp_bin" .
 ) >"$build_log" 2>&1; then
 	cat "$build_log" >&2

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Fetches the Apache Kafka broker jars (kafka_2.13 with its runtime dependencies, plus the
 # slf4j-reload4j binding) with mvn into $FLOWYARD_CACHE_DIR/kafka-<version>/libs/.
 # Skips when the marker file from a previous successful install is present.
 set -euo pipefail
-# shellcheck source=scripts/stack/lib.sh
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 # Kafka 3.9.x is built against slf4j 1.7.36; the binding must match.
 SLF4J_VERSION="1.7.36"
 DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 
-if [[ -f "$KAFKA_MARKER" && -f "$KAFKA_LIBS/kafka_${KAFKA_SCALA_VERSION}-${KAFKA_VERSION}.jar" ]]; then
+if kafka_installed; then
 	log "Kafka $KAFKA_VERSION already installed: $KAFKA_LIBS"
 	exit 0
 fi

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this
 # Shared settings and helpers for Flowyard's local stack scripts.
 # Sourced by the other scripts in this directory; not meant to be run directly.
 
@@ -40,6 +40,7 @@ die() {
 
 # port_open PORT : true when something accepts TCP connections on 127.0.0.1:PORT.
 port_open() {
+	# shellcheck disable=SC2016  # $1/$2 expand in the inner shell
 	timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$STACK_HOST" "$1" 2>/dev/null
 }
 
@@ -48,22 +49,48 @@ pid_file() {
 	printf '%s/%s.pid\n' "$STATE_DIR" "$1"
 }
 
+# pid_alive COMPONENT : true when the pid file names a live process that is this component
+# (guards against a stale pid file whose number was reused by an unrelated process).
 pid_alive() {
-	local file pid
+	local file pid args
 	file="$(pid_file "$1")"
 	[[ -s "$file" ]] || return 1
 	pid="$(<"$file")"
 	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null
+	kill -0 "$pid" 2>/dev/null || return 1
+	args="$(ps -o args= -p "$pid" 2>/dev/null)" || return 1
+	case "$1" in
+	kafka) [[ "$args" == *kafka.Kafka* ]] ;;
+	ferretdb) [[ "$args" == *flowyard-ferretdb* ]] ;;
+	*) return 1 ;;
+	esac
 }
 
-# components ARG : expands kafka|ferretdb|all (default all) into component names.
-components() {
+# component_port COMPONENT : the client port the component answers on.
+component_port() {
+	case "$1" in
+	kafka) echo "$KAFKA_PORT" ;;
+	ferretdb) echo "$MONGO_PORT" ;;
+	esac
+}
+
+# parse_components ARG : sets WANTED to the components named by kafka|ferretdb|all (default all).
+parse_components() {
 	case "${1:-all}" in
-	all) echo "kafka ferretdb" ;;
-	kafka | ferretdb) echo "$1" ;;
+	all) WANTED=(kafka ferretdb) ;;
+	kafka | ferretdb) WANTED=("$1") ;;
 	*) die "unknown component '${1}' (expected kafka, ferretdb or all)" ;;
 	esac
+}
+
+# kafka_installed / ferretdb_installed : whether the install scripts have nothing to do.
+kafka_installed() {
+	[[ -f "$KAFKA_MARKER" && -f "$KAFKA_LIBS/kafka_${KAFKA_SCALA_VERSION}-${KAFKA_VERSION}.jar" ]]
+}
+
+ferretdb_installed() {
+	[[ -x "$FERRETDB_BIN" ]] &&
+		[[ -z "$(find "$FERRETDB_SRC" -type f -newer "$FERRETDB_BIN" -print -quit 2>/dev/null)" ]]
 }
 
 find_java() {

@@ -84,7 +84,7 @@ class Node(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
-    CANCELLABLE_FIELD_NUMBER: _builtins.int
+    NON_CANCELLABLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: _builtins.str
     name: _builtins.str
@@ -92,7 +92,7 @@ class Node(_message.Message):
     stage: _builtins.str
     """Display group for the run view (FEATURES D8)."""
     timeout_seconds: _builtins.int
-    cancellable: _builtins.bool
+    non_cancellable: _builtins.bool
     """A non-cancellable task runs to completion even when its run is stopped."""
     @_builtins.property
     def config(self) -> _struct_pb2.Struct: ...
@@ -114,11 +114,11 @@ class Node(_message.Message):
         context: _struct_pb2.Struct | None = ...,
         timeout_seconds: _builtins.int = ...,
         retry: Global___RetryPolicy | None = ...,
-        cancellable: _builtins.bool = ...,
+        non_cancellable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "context", b"context", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancellable", b"cancellable", "config", b"config", "context", b"context", "description", b"description", "id", b"id", "name", b"name", "retry", b"retry", "stage", b"stage", "timeout_seconds", b"timeout_seconds", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "context", b"context", "description", b"description", "id", b"id", "name", b"name", "non_cancellable", b"non_cancellable", "retry", b"retry", "stage", b"stage", "timeout_seconds", b"timeout_seconds", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,132 @@
+"""Settings shared by every Flowyard process, loaded once from the environment.
+
+Each field names its environment variable; ``load_settings()`` is called in each
+service's ``__main__`` and the frozen object is passed down, never re-read.
+
+| env | default | meaning |
+|---|---|---|
+| FLOWYARD_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers (comma-separated) |
+| FLOWYARD_MONGO_URL | mongodb://127.0.0.1:27017 | MongoDB (or FerretDB) connection string |
+| FLOWYARD_MONGO_DB | flowyard | database name |
+| FLOWYARD_TOPIC_PREFIX | flowyard | prefix of every topic and consumer group name |
+| FLOWYARD_TOPIC_PARTITIONS | 4 | partitions of the topics Flowyard creates |
+| FLOWYARD_GRPC_ADDR | 127.0.0.1:50051 | gateway gRPC listen address |
+| FLOWYARD_METRICS_HOST | 127.0.0.1 | address the /metrics endpoints bind to |
+| FLOWYARD_METRICS_PORT | per service | /metrics port: gateway 9101, scheduler 9102, |
+|   |   | executor 9103, alerter 9104; 0 = any free port |
+| FLOWYARD_EXECUTOR_CONCURRENCY | 8 | tasks one executor runs at once |
+| FLOWYARD_CODE_TIMEOUT_SECONDS | 300 | wall-clock limit of a code node without its own timeout |
+| FLOWYARD_CODE_MEMORY_MB | 512 | address-space limit of a code node's process |
+| FLOWYARD_CODE_CPU_SECONDS | 300 | CPU-time limit of a code node's process |
+| FLOWYARD_LOG_LEVEL | INFO | log level |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_METRICS_PORTS = {"api-gateway": 9101, "scheduler": 9102, "executor": 9103, "alerter": 9104}
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names, all derived from one prefix so tests can isolate themselves."""
+
+    prefix: str = "flowyard"
+
+    @property
+    def triggers(self) -> str:
+        return f"{self.prefix}.triggers"
+
+    @property
+    def events_ingest(self) -> str:
+        return f"{self.prefix}.events.ingest"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def tasks(self) -> str:
+        return f"{self.prefix}.tasks"
+
+    @property
+    def task_events(self) -> str:
+        return f"{self.prefix}.task-events"
+
+    @property
+    def run_events(self) -> str:
+        return f"{self.prefix}.run-events"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.alerts"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.triggers,
+            self.events_ingest,
+            self.commands,
+            self.tasks,
+            self.task_events,
+            self.run_events,
+            self.alerts,
+            self.dead_letter,
+        )
+
+    def group(self, service: str) -> str:
+        return f"{self.prefix}.{service}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "flowyard"
+    topics: Topics = field(default_factory=Topics)
+    topic_partitions: int = 4
+    grpc_addr: str = "127.0.0.1:50051"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    executor_concurrency: int = 8
+    code_timeout_seconds: float = 300.0
+    code_memory_mb: int = 512
+    code_cpu_seconds: int = 300
+    log_level: str = "INFO"
+
+
+def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings for ``service`` from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+
+    def get(name: str, default: str) -> str:
+        return env.get(name, "").strip() or default
+
+    def get_int(name: str, default: int) -> int:
+        raw = get(name, str(default))
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+    return Settings(
+        kafka_bootstrap=get("FLOWYARD_KAFKA_BOOTSTRAP", Settings.kafka_bootstrap),
+        mongo_url=get("FLOWYARD_MONGO_URL", Settings.mongo_url),
+        mongo_db=get("FLOWYARD_MONGO_DB", Settings.mongo_db),
+        topics=Topics(get("FLOWYARD_TOPIC_PREFIX", "flowyard")),
+        topic_partitions=get_int("FLOWYARD_TOPIC_PARTITIONS", Settings.topic_partitions),
+        grpc_addr=get("FLOWYARD_GRPC_ADDR", Settings.grpc_addr),
+        metrics_host=get("FLOWYARD_METRICS_HOST", Settings.metrics_host),
+        metrics_port=get_int("FLOWYARD_METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, 0)),
+        executor_concurrency=get_int("FLOWYARD_EXECUTOR_CONCURRENCY", 8),
+        code_timeout_seconds=float(get_int("FLOWYARD_CODE_TIMEOUT_SECONDS", 300)),
+        code_memory_mb=get_int("FLOWYARD_CODE_MEMORY_MB", 512),
+        code_cpu_seconds=get_int("FLOWYARD_CODE_CPU_SECONDS", 300),
+        log_level=get("FLOWYARD_LOG_LEVEL", "INFO").upper(),
+    )

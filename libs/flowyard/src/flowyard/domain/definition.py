@@ -1,0 +1,366 @@
+"""Workflow definitions: parsing a YAML/JSON document and validating the graph.
+
+Validation collects every problem before failing, and each problem names the node,
+edge or field it is about, so a user fixes a definition in one pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from flowyard.domain.json import JsonObject, JsonValue
+from flowyard.errors import DefinitionError, Problem
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+MAX_NODES = 500
+
+
+class NodeType(StrEnum):
+    TRIGGER = "trigger"
+    CODE = "code"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    initial_backoff_seconds: float = 1.0
+    backoff_multiplier: float = 2.0
+
+    def backoff_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (attempt 1 never waits)."""
+        if attempt <= 1:
+            return 0.0
+        return self.initial_backoff_seconds * self.backoff_multiplier ** (attempt - 2)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    type: NodeType
+    name: str = ""
+    description: str = ""
+    stage: str = ""
+    config: JsonObject = field(default_factory=dict)
+    context: JsonObject = field(default_factory=dict)
+    timeout_seconds: int = 0
+    retry: RetryPolicy = RetryPolicy()
+    cancellable: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    name: str
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+    type: str = ""
+    description: str = ""
+    context: JsonObject = field(default_factory=dict)
+
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    @property
+    def trigger(self) -> Node:
+        return next(n for n in self.nodes if n.type is NodeType.TRIGGER)
+
+    def parents(self, node_id: str) -> tuple[str, ...]:
+        return tuple(e.source for e in self.edges if e.target == node_id)
+
+    def children(self, node_id: str) -> tuple[str, ...]:
+        return tuple(e.target for e in self.edges if e.source == node_id)
+
+    def ancestors(self, node_id: str) -> frozenset[str]:
+        seen: set[str] = set()
+        stack = list(self.parents(node_id))
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self.parents(current))
+        return frozenset(seen)
+
+    def topological_order(self) -> tuple[str, ...]:
+        """Node ids, parents before children, ties in declaration order."""
+        order = _topological_order(self.nodes, self.edges)
+        if order is None:
+            raise DefinitionError([Problem("edges", "the graph has a cycle")])
+        return order
+
+
+def _topological_order(nodes: Iterable[Node], edges: Iterable[Edge]) -> tuple[str, ...] | None:
+    ids = [n.id for n in nodes]
+    edge_list = list(edges)
+    indegree = {i: 0 for i in ids}
+    for e in edge_list:
+        indegree[e.target] += 1
+    ready = [i for i in ids if indegree[i] == 0]
+    order: list[str] = []
+    while ready:
+        current = ready.pop(0)
+        order.append(current)
+        for e in edge_list:
+            if e.source == current:
+                indegree[e.target] -= 1
+                if indegree[e.target] == 0:
+                    ready.append(e.target)
+    return tuple(order) if len(order) == len(ids) else None
+
+
+def parse_definition(document: Mapping[str, Any]) -> WorkflowDefinition:
+    """Build a validated definition from a parsed YAML/JSON document.
+
+    Raises :class:`DefinitionError` listing every problem found.
+    """
+    problems: list[Problem] = []
+    if not isinstance(document, Mapping):
+        raise DefinitionError([Problem("document", "must be a mapping with name, nodes, edges")])
+    allowed = {"name", "type", "description", "nodes", "edges", "context"}
+    for key in sorted(set(document) - allowed):
+        problems.append(Problem(str(key), f"unknown field (allowed: {', '.join(sorted(allowed))})"))
+    nodes: list[Node] = []
+    raw_nodes = document.get("nodes", [])
+    if not isinstance(raw_nodes, list):
+        problems.append(Problem("nodes", "must be a list"))
+        raw_nodes = []
+    for index, raw in enumerate(raw_nodes):
+        node = _parse_node(index, raw, problems)
+        if node is not None:
+            nodes.append(node)
+    edges: list[Edge] = []
+    raw_edges = document.get("edges", [])
+    if not isinstance(raw_edges, list):
+        problems.append(Problem("edges", "must be a list"))
+        raw_edges = []
+    for index, raw in enumerate(raw_edges):
+        if not isinstance(raw, Mapping):
+            problems.append(Problem(f"edges[{index}]", "must be a mapping with from and to"))
+            continue
+        source = raw.get("from", raw.get("source"))
+        target = raw.get("to", raw.get("target"))
+        if not isinstance(source, str) or not isinstance(target, str):
+            problems.append(Problem(f"edges[{index}]", "needs string 'from' and 'to' node ids"))
+            continue
+        edges.append(Edge(source, target))
+    context = document.get("context") or {}
+    if not isinstance(context, Mapping):
+        problems.append(Problem("context", "must be a mapping"))
+        context = {}
+    definition = WorkflowDefinition(
+        name=str(document.get("name", "")),
+        type=str(document.get("type", "") or ""),
+        description=str(document.get("description", "") or ""),
+        nodes=tuple(nodes),
+        edges=tuple(edges),
+        context=dict(context),
+    )
+    problems.extend(find_problems(definition))
+    if problems:
+        raise DefinitionError(problems)
+    return definition
+
+
+def _parse_node(index: int, raw: object, problems: list[Problem]) -> Node | None:
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(f"nodes[{index}]", "must be a mapping"))
+        return None
+    node_id = raw.get("id")
+    where = f"node {node_id!r}" if isinstance(node_id, str) and node_id else f"nodes[{index}]"
+    allowed = {
+        "id", "type", "name", "description", "stage", "config",
+        "context", "timeout_seconds", "retry", "cancellable",
+    }  # fmt: skip
+    for key in sorted(set(raw) - allowed):
+        problems.append(Problem(where, f"unknown field {key!r}"))
+    if not isinstance(node_id, str) or not node_id:
+        problems.append(Problem(where, "needs a string 'id'"))
+        return None
+    raw_type = raw.get("type")
+    try:
+        node_type = NodeType(str(raw_type))
+    except ValueError:
+        known = ", ".join(t.value for t in NodeType)
+        problems.append(Problem(where, f"unknown node type {raw_type!r} (known: {known})"))
+        return None
+    config, context, retry_raw = raw.get("config") or {}, raw.get("context") or {}, raw.get("retry")
+    if not isinstance(config, Mapping):
+        problems.append(Problem(where, "'config' must be a mapping"))
+        config = {}
+    if not isinstance(context, Mapping):
+        problems.append(Problem(where, "'context' must be a mapping"))
+        context = {}
+    retry = RetryPolicy()
+    if retry_raw is not None:
+        if not isinstance(retry_raw, Mapping):
+            problems.append(Problem(where, "'retry' must be a mapping"))
+        else:
+            try:
+                retry = RetryPolicy(
+                    max_attempts=int(retry_raw.get("max_attempts", 1)),
+                    initial_backoff_seconds=float(retry_raw.get("initial_backoff_seconds", 1.0)),
+                    backoff_multiplier=float(retry_raw.get("backoff_multiplier", 2.0)),
+                )
+            except (TypeError, ValueError):
+                problems.append(Problem(where, "'retry' values must be numbers"))
+    timeout = raw.get("timeout_seconds", 0)
+    if not isinstance(timeout, int) or isinstance(timeout, bool):
+        problems.append(Problem(where, "'timeout_seconds' must be an integer"))
+        timeout = 0
+    cancellable = raw.get("cancellable", True)
+    return Node(
+        id=node_id,
+        type=node_type,
+        name=str(raw.get("name", "") or ""),
+        description=str(raw.get("description", "") or ""),
+        stage=str(raw.get("stage", "") or ""),
+        config=dict(config),
+        context=dict(context),
+        timeout_seconds=timeout,
+        retry=retry,
+        cancellable=bool(cancellable),
+    )
+
+
+def find_problems(definition: WorkflowDefinition) -> list[Problem]:
+    """Every structural problem of a definition; empty when it is valid."""
+    problems: list[Problem] = []
+    if not NAME_PATTERN.match(definition.name):
+        problems.append(Problem("name", "must be 1-100 characters: letters, digits, '_', '-', '.'"))
+    if len(definition.nodes) > MAX_NODES:
+        problems.append(Problem("nodes", f"at most {MAX_NODES} nodes"))
+    ids: set[str] = set()
+    for node in definition.nodes:
+        where = f"node {node.id!r}"
+        if node.id in ids:
+            problems.append(Problem(where, "duplicate node id"))
+        ids.add(node.id)
+        if not NODE_ID_PATTERN.match(node.id):
+            problems.append(
+                Problem(
+                    where, "id must start with a letter or '_' and use letters, digits, '_', '-'"
+                )
+            )
+        if node.timeout_seconds < 0:
+            problems.append(Problem(where, "timeout_seconds must not be negative"))
+        if node.retry.max_attempts < 1 or node.retry.max_attempts > 100:
+            problems.append(Problem(where, "retry.max_attempts must be between 1 and 100"))
+        if node.retry.initial_backoff_seconds < 0 or node.retry.backoff_multiplier < 1:
+            problems.append(Problem(where, "retry backoff must be >= 0 s with a multiplier >= 1"))
+        problems.extend(_config_problems(node))
+    triggers = [n.id for n in definition.nodes if n.type is NodeType.TRIGGER]
+    if not triggers:
+        problems.append(Problem("nodes", "a workflow needs exactly one trigger node; found none"))
+    elif len(triggers) > 1:
+        problems.append(
+            Problem("nodes", f"a workflow needs exactly one trigger node; found {triggers}")
+        )
+    seen_edges: set[Edge] = set()
+    for edge in definition.edges:
+        where = f"edge {edge.source}->{edge.target}"
+        for end in (edge.source, edge.target):
+            if end not in ids:
+                problems.append(Problem(where, f"refers to unknown node {end!r}"))
+        if edge.source == edge.target:
+            problems.append(Problem(where, "a node cannot lead to itself"))
+        if edge in seen_edges:
+            problems.append(Problem(where, "duplicate edge"))
+        seen_edges.add(edge)
+        if edge.target in triggers:
+            problems.append(Problem(where, "the trigger node cannot have incoming edges"))
+    if problems:
+        return problems
+    if _topological_order(definition.nodes, definition.edges) is None:
+        problems.append(Problem("edges", f"the graph has a cycle through {_cycle(definition)}"))
+        return problems
+    trigger = triggers[0]
+    for node in definition.nodes:
+        if node.id != trigger and trigger not in definition.ancestors(node.id):
+            problems.append(Problem(f"node {node.id!r}", "is not reachable from the trigger"))
+    return problems
+
+
+def _cycle(definition: WorkflowDefinition) -> str:
+    """A readable cycle, e.g. 'a -> b -> a', for the error message."""
+    children = {n.id: list(definition.children(n.id)) for n in definition.nodes}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node_id: str) -> list[str] | None:
+        state[node_id] = 1
+        path.append(node_id)
+        for child in children[node_id]:
+            if state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            if child not in state and (found := visit(child)):
+                return found
+        path.pop()
+        state[node_id] = 2
+        return None
+
+    for node in definition.nodes:
+        if node.id not in state and (cycle := visit(node.id)):
+            return " -> ".join(cycle)
+    return "?"
+
+
+def _config_problems(node: Node) -> list[Problem]:
+    where = f"node {node.id!r}"
+    if node.type is NodeType.CODE:
+        source = node.config.get("source")
+        if not isinstance(source, str) or not source.strip():
+            return [Problem(where, "a code node needs config.source (Python code)")]
+        try:
+            compile(source, f"<node {node.id}>", "exec")
+        except SyntaxError as exc:
+            return [Problem(where, f"Python syntax error at line {exc.lineno}: {exc.msg}")]
+    return []
+
+
+def definition_to_document(definition: WorkflowDefinition) -> dict[str, JsonValue]:
+    """The inverse of :func:`parse_definition` (used for storage and equality)."""
+    nodes: list[JsonValue] = []
+    for n in definition.nodes:
+        nodes.append(
+            {
+                "id": n.id,
+                "type": n.type.value,
+                "name": n.name,
+                "description": n.description,
+                "stage": n.stage,
+                "config": dict(n.config),
+                "context": dict(n.context),
+                "timeout_seconds": n.timeout_seconds,
+                "retry": {
+                    "max_attempts": n.retry.max_attempts,
+                    "initial_backoff_seconds": n.retry.initial_backoff_seconds,
+                    "backoff_multiplier": n.retry.backoff_multiplier,
+                },
+                "cancellable": n.cancellable,
+            }
+        )
+    edges: list[JsonValue] = [{"from": e.source, "to": e.target} for e in definition.edges]
+    return {
+        "name": definition.name,
+        "type": definition.type,
+        "description": definition.description,
+        "context": dict(definition.context),
+        "nodes": nodes,
+        "edges": edges,
+    }
