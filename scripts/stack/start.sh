@@ -32,11 +32,10 @@ show_logs() {
 kafka_metadata_ok() {
 	local py="${PYTHON:-python3}"
 	if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import kafka' >/dev/null 2>&1; then
-		"$py" - "$STACK_HOST:$KAFKA_PORT" >/dev/null 2>&1 <<'PY'
+		timeout 20 "$py" - "$STACK_HOST:$KAFKA_PORT" >/dev/null 2>&1 <<'PY'
 import sys
 from kafka import KafkaAdminClient
-admin = KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=5000,
-                         api_version_auto_timeout_ms=5000)
+admin = KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=5000)
 try:
     admin.list_topics()
 finally:
@@ -45,7 +44,7 @@ PY
 	else
 		# only look at what this start wrote (the log is appended to across restarts)
 		tail -c "+$((KAFKA_LOG_OFFSET + 1))" "$LOG_DIR/kafka.log" 2>/dev/null |
-			grep -qE 'Kafka Server started|started \(kafka\.server\.KafkaRaftServer\)' 
+			grep -qE 'Kafka Server started|started \(kafka\.server\.KafkaRaftServer\)'
 	fi
 }
 
@@ -57,18 +56,25 @@ ferretdb_ready() {
 	port_open "$MONGO_PORT"
 }
 
-# wait_ready COMPONENT LOGFILE... : polls until ready; on failure shows logs and exits.
+# wait_ready COMPONENT STOP_ON_TIMEOUT LOGFILE... : polls until ready; on failure shows the
+# logs and exits non-zero, after stopping the process when STOP_ON_TIMEOUT is 1 (one this
+# script just started: no half-started process is left behind).
 wait_ready() {
-	local component="$1" deadline=$((SECONDS + WAIT_SECONDS))
-	shift
+	local component="$1" stop_on_timeout="$2" deadline=$((SECONDS + WAIT_SECONDS))
+	shift 2
 	until "${component}_ready"; do
 		if ! pid_alive "$component"; then
+			rm -f "$(pid_file "$component")"
 			show_logs "$@"
 			die "$component exited during startup (logs in $LOG_DIR)"
 		fi
 		if ((SECONDS >= deadline)); then
 			show_logs "$@"
-			die "$component did not answer within ${WAIT_SECONDS}s (logs in $LOG_DIR)"
+			if ((stop_on_timeout)); then
+				"$STACK_DIR/stop.sh" "$component" 2>/dev/null || true
+				die "$component did not answer within ${WAIT_SECONDS}s, stopped it (logs in $LOG_DIR; FLOWYARD_STACK_WAIT_SECONDS raises the limit)"
+			fi
+			die "$component (pid $(<"$(pid_file "$component")")) did not answer within ${WAIT_SECONDS}s (logs in $LOG_DIR); try scripts/stack/stop.sh $component"
 		fi
 		sleep 1
 	done
@@ -151,10 +157,11 @@ start_kafka() {
 
 	KAFKA_LOG_OFFSET="$(stat -c %s "$LOG_DIR/kafka.log" 2>/dev/null || echo 0)"
 	# setsid: own session, so Ctrl-C or a closed terminal of the caller does not stop it.
+	# 9>&-: the daemon must not inherit (and so hold forever) the start lock.
 	setsid "$java" "${jvm[@]}" kafka.Kafka "$KAFKA_STATE/server.properties" \
-		</dev/null >>"$LOG_DIR/kafka.out" 2>&1 &
+		</dev/null >>"$LOG_DIR/kafka.out" 2>&1 9>&- &
 	echo $! >"$(pid_file kafka)"
-	wait_ready kafka "$LOG_DIR/kafka.log" "$LOG_DIR/kafka.out"
+	wait_ready kafka 1 "$LOG_DIR/kafka.log" "$LOG_DIR/kafka.out"
 }
 
 start_ferretdb() {
@@ -164,22 +171,27 @@ start_ferretdb() {
 	mkdir -p "$FERRETDB_STATE" "$LOG_DIR"
 	setsid "$FERRETDB_BIN" -listen-addr "$STACK_HOST:$MONGO_PORT" -sqlite-dir "$FERRETDB_STATE" \
 		-log-level "${FLOWYARD_FERRETDB_LOG_LEVEL:-warn}" \
-		</dev/null >>"$LOG_DIR/ferretdb.log" 2>&1 &
+		</dev/null >>"$LOG_DIR/ferretdb.log" 2>&1 9>&- &
 	echo $! >"$(pid_file ferretdb)"
-	wait_ready ferretdb "$LOG_DIR/ferretdb.log"
+	wait_ready ferretdb 1 "$LOG_DIR/ferretdb.log"
 }
 
-mkdir -p "$STATE_DIR"
 parse_components "${1:-}"
+mkdir -p "$STATE_DIR"
+# Serialize concurrent starts (e.g. parallel test workers), where flock exists.
+if command -v flock >/dev/null 2>&1; then
+	exec 9>"$STATE_DIR/start.lock"
+	flock 9
+fi
+
 summary=()
 for c in "${WANTED[@]}"; do
 	port="$(component_port "$c")"
 	if pid_alive "$c"; then
-		if "${c}_ready"; then
-			summary+=("$c already running (pid $(<"$(pid_file "$c")"))")
-			continue
-		fi
-		die "$c process $(<"$(pid_file "$c")") is running but not answering on $STACK_HOST:$port; try scripts/stack/stop.sh $c"
+		# ours and running: maybe still starting, so wait for it (without stopping it)
+		wait_ready "$c" 0 "$LOG_DIR/$c.log"
+		summary+=("$c already running (pid $(<"$(pid_file "$c")"))")
+		continue
 	fi
 	rm -f "$(pid_file "$c")"
 	if port_open "$port"; then

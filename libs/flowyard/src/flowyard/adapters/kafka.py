@@ -207,6 +207,15 @@ class EnvelopeConsumer:
         """Stop taking new messages; ``run`` returns after the in-flight ones finish."""
         self._stopping.set()
 
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish what is in flight."""
+        watcher = asyncio.create_task(stop.wait())
+        watcher.add_done_callback(lambda _: self.stop())
+        try:
+            await self.run()
+        finally:
+            watcher.cancel()
+
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:

@@ -121,15 +121,22 @@ class DispatchTask(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    CANCELLABLE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     node_type: _builtins.str
     attempt: _builtins.int
     timeout_seconds: _builtins.int
+    cancellable: _builtins.bool
     @_builtins.property
     def config(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def input(self) -> _struct_pb2.Value:
         """What the node sees: trigger data, workflow context, node context, upstream outputs."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Retry backoff: do not start before this time."""
 
     def __init__(
         self,
@@ -140,10 +147,12 @@ class DispatchTask(_message.Message):
         config: _struct_pb2.Struct | None = ...,
         input: _struct_pb2.Value | None = ...,
         timeout_seconds: _builtins.int = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
+        cancellable: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "input", b"input", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "config", b"config", "input", b"input", "node_id", b"node_id", "node_type", b"node_type", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancellable", b"cancellable", "config", b"config", "input", b"input", "node_id", b"node_id", "node_type", b"node_type", "not_before", b"not_before", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,184 @@
+"""gRPC servicers: validate the request, call the store or publish, map with the codec."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from flowyard import codec
+from flowyard.adapters.kafka import Publisher
+from flowyard.adapters.mongo import MongoStore, new_workflow_id
+from flowyard.config import Topics
+from flowyard.domain import engine
+from flowyard.domain.run import RunState, RunStatus, TriggerInfo, TriggerKind
+from flowyard.domain.workflow import StoredWorkflow, WorkflowState
+from flowyard.errors import WorkflowNotFoundError
+from flowyard.metrics import ServiceMetrics
+from flowyard.v1 import gateway_pb2, gateway_pb2_grpc, run_pb2, workflow_pb2
+
+from flowyard_api_gateway.errors import (
+    InvalidRequestError,
+    translate_errors,
+    translate_stream_errors,
+)
+from flowyard_api_gateway.run_events import RunEventsHub
+
+# A watcher re-reads its run at least this often, so a missed wake-up is never fatal.
+WATCH_REFRESH_SECONDS = 10.0
+MAX_VERSION_RACES = 5
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
+    def __init__(self, store: MongoStore) -> None:
+        self._store = store
+
+    @translate_errors
+    async def ApplyWorkflow(
+        self, request: gateway_pb2.ApplyWorkflowRequest, context: Context
+    ) -> gateway_pb2.ApplyWorkflowResponse:
+        if not request.HasField("definition"):
+            raise InvalidRequestError("definition", "is required")
+        definition = codec.definition_from_proto(request.definition)
+        for _ in range(MAX_VERSION_RACES):
+            try:
+                latest = await self._store.latest_workflow(definition.name)
+            except WorkflowNotFoundError:
+                latest = None
+            if latest is not None and codec.same_definition(latest.definition, definition):
+                return gateway_pb2.ApplyWorkflowResponse(
+                    workflow=codec.workflow_to_proto(latest), created=False
+                )
+            now = _now()
+            workflow = StoredWorkflow(
+                workflow_id=latest.workflow_id if latest else new_workflow_id(),
+                version=latest.version + 1 if latest else 1,
+                state=latest.state if latest else WorkflowState.ACTIVE,
+                definition=definition,
+                created_at=now,
+                updated_at=now,
+            )
+            if await self._store.insert_workflow(workflow):
+                return gateway_pb2.ApplyWorkflowResponse(
+                    workflow=codec.workflow_to_proto(workflow), created=True
+                )
+        raise InvalidRequestError("definition", "changed concurrently too often; try again")
+
+    @translate_errors
+    async def GetWorkflow(
+        self, request: gateway_pb2.GetWorkflowRequest, context: Context
+    ) -> workflow_pb2.Workflow:
+        if not request.name:
+            raise InvalidRequestError("name", "is required")
+        workflow = await self._store.get_workflow(request.name, request.version)
+        return codec.workflow_to_proto(workflow)
+
+    @translate_errors
+    async def ListWorkflows(
+        self, request: gateway_pb2.ListWorkflowsRequest, context: Context
+    ) -> gateway_pb2.ListWorkflowsResponse:
+        workflows = await self._store.list_workflows()
+        return gateway_pb2.ListWorkflowsResponse(
+            workflows=[codec.workflow_to_proto(w) for w in workflows]
+        )
+
+
+class RunServicer(gateway_pb2_grpc.RunServiceServicer):
+    def __init__(
+        self,
+        store: MongoStore,
+        publisher: Publisher,
+        topics: Topics,
+        hub: RunEventsHub,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._topics = topics
+        self._hub = hub
+        self._metrics = metrics
+
+    @translate_errors
+    async def StartRun(
+        self, request: gateway_pb2.StartRunRequest, context: Context
+    ) -> gateway_pb2.StartRunResponse:
+        if not request.workflow:
+            raise InvalidRequestError("workflow", "is required")
+        if len(request.idempotency_key) > 200:
+            raise InvalidRequestError("idempotency_key", "at most 200 characters")
+        workflow = await self._store.latest_workflow(request.workflow)
+        trigger = TriggerInfo(
+            kind=TriggerKind.API,
+            data=codec.value_to_json(request.input) if request.HasField("input") else {},
+            detail="gRPC StartRun",
+            started_by=request.started_by or "anonymous",
+            idempotency_key=request.idempotency_key,
+        )
+        if request.idempotency_key:
+            # Same key, same workflow -> same run id, so a retried call finds the first run.
+            run_id = uuid.uuid5(
+                uuid.NAMESPACE_URL, f"{workflow.workflow_id}/{request.idempotency_key}"
+            ).hex
+        else:
+            run_id = uuid.uuid4().hex
+        run = engine.new_run(
+            run_id, workflow.workflow_id, workflow.version, workflow.definition, trigger, _now()
+        )
+        created = await self._store.insert_run(run)
+        if not created:
+            existing = await self._store.get_run(run_id)
+            if existing.status is not RunStatus.QUEUED:
+                return gateway_pb2.StartRunResponse(run_id=run_id, created=False)
+            run = existing  # stored but maybe never published: publish again (idempotent)
+        await self._publish_start(run)
+        return gateway_pb2.StartRunResponse(run_id=run_id, created=created)
+
+    async def _publish_start(self, run: RunState) -> None:
+        envelope = codec.new_envelope(run.run_id, run.workflow_id, run.workflow_version)
+        envelope.start_run.workflow_name = run.workflow_name
+        envelope.start_run.trigger.CopyFrom(codec.trigger_to_proto(run.trigger))
+        await self._publisher.publish(self._topics.triggers, run.run_id, envelope)
+
+    @translate_errors
+    async def GetRun(self, request: gateway_pb2.GetRunRequest, context: Context) -> run_pb2.Run:
+        if not request.run_id:
+            raise InvalidRequestError("run_id", "is required")
+        return await self._run_view(request.run_id)
+
+    async def _run_view(self, run_id: str) -> run_pb2.Run:
+        run = await self._store.get_run(run_id)
+        workflow, attempts = await asyncio.gather(
+            self._store.workflow_version(run.workflow_id, run.workflow_version),
+            self._store.attempts_of(run_id),
+        )
+        return codec.run_to_proto(run, workflow.definition, attempts)
+
+    @translate_stream_errors
+    async def WatchRun(
+        self, request: gateway_pb2.WatchRunRequest, context: Context
+    ) -> AsyncIterator[run_pb2.Run]:
+        if not request.run_id:
+            raise InvalidRequestError("run_id", "is required")
+        with self._hub.watch(request.run_id) as changed:
+            last: bytes | None = None
+            while True:
+                view = await self._run_view(request.run_id)
+                encoded = view.SerializeToString(deterministic=True)
+                if encoded != last:
+                    last = encoded
+                    yield view
+                if codec.RUN_STATUS_FROM_PROTO[view.status].finished:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), WATCH_REFRESH_SECONDS)
+                changed.clear()

@@ -1,0 +1,166 @@
+"""The executor: runs dispatched task attempts and reports what happened.
+
+For each dispatch it records the attempt in MongoDB (input, output or error, timings)
+and publishes ``TaskStarted`` then ``TaskSucceeded``/``TaskFailed`` on the task-events
+topic. A dispatch whose attempt already finished (a redelivery) is not run again; its
+recorded result is published once more, which the scheduler ignores if it has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from flowyard import codec
+from flowyard.adapters.kafka import Publisher, Record
+from flowyard.adapters.mongo import MongoStore
+from flowyard.config import Settings
+from flowyard.domain.definition import NodeType
+from flowyard.domain.json import JsonValue
+from flowyard.domain.run import Attempt, TaskError, TaskStatus
+from flowyard.errors import DecodeError
+from flowyard.metrics import ServiceMetrics
+from flowyard.v1 import events_pb2
+
+from flowyard_executor.sandbox import CodeSandbox
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_executor_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MongoStore,
+        publisher: Publisher,
+        sandbox: CodeSandbox,
+        metrics: ServiceMetrics,
+        executor_id: str | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._topics = settings.topics
+        self._store = store
+        self._publisher = publisher
+        self._sandbox = sandbox
+        self._metrics = metrics
+        self._clock = clock
+        self.executor_id = executor_id or new_executor_id()
+
+    async def handle(self, envelope: events_pb2.Envelope, record: Record) -> None:
+        if envelope.WhichOneof("payload") != "dispatch_task":
+            raise DecodeError(
+                f"the executor does not handle {envelope.WhichOneof('payload')!r} messages"
+            )
+        dispatch = envelope.dispatch_task
+        if not envelope.run_id or not dispatch.node_id or dispatch.attempt < 1:
+            raise DecodeError("dispatch needs run_id, node_id and an attempt >= 1")
+        previous = await self._store.find_attempt(
+            envelope.run_id, dispatch.node_id, dispatch.attempt
+        )
+        if previous is not None and previous.status.finished:
+            await self._report(envelope, previous)
+            return
+        if dispatch.HasField("not_before"):
+            delay = (codec.time_from_proto(dispatch.not_before) - self._clock()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        inputs = codec.value_to_json(dispatch.input)
+        attempt = Attempt(
+            run_id=envelope.run_id,
+            node_id=dispatch.node_id,
+            number=dispatch.attempt,
+            status=TaskStatus.RUNNING,
+            input=inputs,
+            executor_id=self.executor_id,
+            started_at=self._clock(),
+        )
+        started = self._envelope(envelope)
+        started.task_started.CopyFrom(
+            events_pb2.TaskStarted(
+                node_id=dispatch.node_id, attempt=dispatch.attempt, executor_id=self.executor_id
+            )
+        )
+        await asyncio.gather(
+            self._store.save_attempt(attempt),
+            self._publisher.publish(self._topics.task_events, envelope.run_id, started),
+        )
+        self._metrics.tasks_in_flight.inc()
+        try:
+            output, error = await self._execute(dispatch, inputs)
+        finally:
+            self._metrics.tasks_in_flight.dec()
+        finished = replace(
+            attempt,
+            status=TaskStatus.FAILED if error else TaskStatus.SUCCEEDED,
+            output=output,
+            error=error,
+            finished_at=self._clock(),
+        )
+        await self._store.save_attempt(finished)
+        await self._report(envelope, finished)
+        if finished.started_at and finished.finished_at:
+            self._metrics.task_duration.labels(node_type=dispatch.node_type).observe(
+                (finished.finished_at - finished.started_at).total_seconds()
+            )
+        self._metrics.tasks_finished.labels(
+            node_type=dispatch.node_type, status=finished.status.value
+        ).inc()
+
+    async def _execute(
+        self, dispatch: events_pb2.DispatchTask, inputs: JsonValue
+    ) -> tuple[JsonValue, TaskError | None]:
+        if dispatch.node_type == NodeType.CODE.value:
+            config = codec.struct_to_json(dispatch.config)
+            source = config.get("source")
+            if not isinstance(source, str) or not isinstance(inputs, dict):
+                return None, TaskError("node.invalid", "code node without config.source")
+            result = await self._sandbox.run(
+                source, inputs, timeout_seconds=dispatch.timeout_seconds or None
+            )
+            if result.ok:
+                return result.output, None
+            return None, TaskError(result.error_code, result.error_message, result.stack_trace)
+        return None, TaskError(
+            "node.unsupported", f"this executor cannot run {dispatch.node_type!r} nodes"
+        )
+
+    async def _report(self, dispatch: events_pb2.Envelope, attempt: Attempt) -> None:
+        event = self._envelope(dispatch)
+        if attempt.finished_at is not None:
+            stamp = codec.time_to_proto(attempt.finished_at)
+            assert stamp is not None
+            event.time.CopyFrom(stamp)
+        if attempt.error is None:
+            event.task_succeeded.CopyFrom(
+                events_pb2.TaskSucceeded(
+                    node_id=attempt.node_id,
+                    attempt=attempt.number,
+                    output=codec.json_to_value(attempt.output),
+                )
+            )
+        else:
+            event.task_failed.CopyFrom(
+                events_pb2.TaskFailed(
+                    node_id=attempt.node_id,
+                    attempt=attempt.number,
+                    error=codec.error_to_proto(attempt.error),
+                )
+            )
+        await self._publisher.publish(self._topics.task_events, attempt.run_id, event)
+
+    @staticmethod
+    def _envelope(dispatch: events_pb2.Envelope) -> events_pb2.Envelope:
+        return codec.new_envelope(dispatch.run_id, dispatch.workflow_id, dispatch.workflow_version)

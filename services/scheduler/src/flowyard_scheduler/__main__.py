@@ -1,0 +1,46 @@
+"""``flowyard-scheduler``: consumes triggers and task events, advances runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flowyard.adapters.kafka import EnvelopeConsumer, KafkaPublisher, ensure_topics
+from flowyard.adapters.mongo import MongoStore
+from flowyard.config import Settings
+from flowyard.metrics import ServiceMetrics
+from flowyard.service import run_service
+
+from flowyard_scheduler.scheduler import Scheduler
+
+SERVICE = "scheduler"
+
+
+async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event) -> None:
+    await ensure_topics(settings)
+    async with (
+        MongoStore(settings.mongo_url, settings.mongo_db) as store,
+        KafkaPublisher(settings.kafka_bootstrap, SERVICE) as publisher,
+    ):
+        scheduler = Scheduler(settings, store, publisher, metrics)
+        topics = settings.topics
+        async with EnvelopeConsumer(
+            settings,
+            [topics.triggers, topics.task_events],
+            topics.group(SERVICE),
+            scheduler.handle,
+            publisher,
+            metrics,
+            SERVICE,
+            concurrency=64,
+            ordered_by_key=True,
+            on_revoked=scheduler.forget_runs,
+        ) as consumer:
+            await consumer.run_until(stop)
+
+
+def main() -> None:
+    run_service(SERVICE, serve)
+
+
+if __name__ == "__main__":
+    main()
