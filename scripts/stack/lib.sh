@@ -74,6 +74,20 @@ component_port() {
 	esac
 }
 
+# stack_lock : serializes start/stop/reset of one state dir (between terminals, test workers
+# and engineers sharing a machine) with flock on fd 9, where flock exists. The lock file sits
+# next to the state dir, not inside it, so reset.sh can delete the dir while holding it.
+# Child scripts inherit FLOWYARD_STACK_LOCK_HELD and do not wait for their parent's lock.
+# Daemons must be started with `9>&-` so they do not hold the lock for their lifetime.
+stack_lock() {
+	[[ -z "${FLOWYARD_STACK_LOCK_HELD:-}" ]] || return 0
+	command -v flock >/dev/null 2>&1 || return 0
+	mkdir -p "$(dirname "$STATE_DIR")"
+	exec 9>"${STATE_DIR%/}.lock"
+	flock 9
+	export FLOWYARD_STACK_LOCK_HELD=1
+}
+
 # parse_components ARG : sets WANTED to the components named by kafka|ferretdb|all (default all).
 parse_components() {
 	case "${1:-all}" in

@@ -177,12 +177,8 @@ start_ferretdb() {
 }
 
 parse_components "${1:-}"
+stack_lock
 mkdir -p "$STATE_DIR"
-# Serialize concurrent starts (e.g. parallel test workers), where flock exists.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"$STATE_DIR/start.lock"
-	flock 9
-fi
 
 summary=()
 for c in "${WANTED[@]}"; do

@@ -36,6 +36,7 @@ stop_component() {
 }
 
 parse_components "${1:-}"
+stack_lock
 summary=()
 for c in "${WANTED[@]}"; do
 	summary+=("$(stop_component "$c")")
