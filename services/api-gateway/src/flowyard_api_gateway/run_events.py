@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from types import TracebackType
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from flowyard.errors import InfrastructureError
 
@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 class RunEventsHub:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._topic = topic
+        # Without a group every partition is assigned to this instance (and new ones
+        # as they appear); "latest" starts at the end, watchers read the run first anyway.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
         )
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
@@ -34,13 +40,6 @@ class RunEventsHub:
     async def __aenter__(self) -> RunEventsHub:
         try:
             await self._consumer.start()
-            partitions = self._consumer.partitions_for_topic(self._topic)
-            if not partitions:
-                await self._consumer.stop()
-                raise InfrastructureError(f"topic {self._topic} does not exist")
-            assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-            self._consumer.assign(assigned)
-            await self._consumer.seek_to_end(*assigned)
         except KafkaError as exc:
             raise InfrastructureError(f"cannot read {self._topic}: {exc}") from exc
         self._task = asyncio.create_task(self._pump())

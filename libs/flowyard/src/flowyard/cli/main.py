@@ -1,0 +1,285 @@
+"""``flowyard``: register workflows, start runs and follow them from a terminal.
+
+Exit codes: 0 done (a watched run succeeded); 1 the gateway refused the request, or a
+watched run failed or was stopped; 2 bad usage or an invalid definition/input file;
+3 the gateway could not be reached; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf import json_format
+
+from flowyard.cli import render, rpc, workflows
+from flowyard.codec import json_to_value
+from flowyard.v1 import gateway_pb2, run_pb2
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad arguments or local files; printed as ``error: ...`` with exit code 2."""
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- workflow commands -----------------------------------------------------------------
+
+
+def workflow_apply(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    # Every file is checked before anything is sent: all of them go, or none.
+    checked = workflows.check_files(args.files)
+    if checked.problems:
+        for line in checked.problems:
+            _err(line)
+        count = len(checked.problems)
+        _err(f"{count} problem{'s' if count != 1 else ''} found; nothing was applied")
+        return EXIT_USAGE
+    for _path, definition in checked.definitions:
+        response = gateway.workflows.ApplyWorkflow(
+            gateway_pb2.ApplyWorkflowRequest(definition=definition),
+            metadata=gateway.metadata,
+            timeout=rpc.CALL_TIMEOUT_SECONDS,
+        )
+        verb = "applied" if response.created else "unchanged"
+        workflow = response.workflow
+        _out(f"{verb} {workflow.definition.name or definition.name} version {workflow.version}")
+    return EXIT_OK
+
+
+def workflow_list(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    response = gateway.workflows.ListWorkflows(
+        gateway_pb2.ListWorkflowsRequest(),
+        metadata=gateway.metadata,
+        timeout=rpc.CALL_TIMEOUT_SECONDS,
+    )
+    _out(workflows.render_workflows(response.workflows))
+    return EXIT_OK
+
+
+def workflow_get(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    workflow = gateway.workflows.GetWorkflow(
+        gateway_pb2.GetWorkflowRequest(name=args.name, version=args.version),
+        metadata=gateway.metadata,
+        timeout=rpc.CALL_TIMEOUT_SECONDS,
+    )
+    if args.output == "json":
+        _out(workflows.render_workflow_json(workflow))
+    else:
+        _out(workflows.render_workflow_yaml(workflow))
+    return EXIT_OK
+
+
+# --- run commands ----------------------------------------------------------------------
+
+
+def _run_input(args: argparse.Namespace) -> gateway_pb2.StartRunRequest:
+    request = gateway_pb2.StartRunRequest(
+        workflow=args.name, idempotency_key=args.idempotency_key or "", started_by=_user()
+    )
+    if args.input is not None:
+        try:
+            value = json.loads(args.input)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--input is not valid JSON: {exc}") from exc
+    elif args.input_file is not None:
+        try:
+            value = workflows.load_document(args.input_file)
+        except workflows.LoadError as exc:
+            raise UsageError(f"{args.input_file}: {exc}") from exc
+    else:
+        return request
+    try:
+        request.input.CopyFrom(json_to_value(value))
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise UsageError(f"the run input is not plain JSON data: {exc}") from exc
+    return request
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in this environment
+        return ""
+
+
+class WatchEndedError(Exception):
+    """The gateway closed a watch before its run finished; exit code 1."""
+
+
+def _show_snapshot(
+    run: run_pb2.Run, previous: run_pb2.Run | None, json_lines: bool, width: int
+) -> None:
+    if json_lines:
+        _out(json_format.MessageToJson(run, indent=None))
+        return
+    now = datetime.now(UTC)
+    for task in render.changed_tasks(previous, run):
+        _out(render.render_task_change(task, node_width=width, now=now))
+
+
+def _watch(gateway: rpc.Gateway, run_id: str, *, json_lines: bool = False) -> run_pb2.Run:
+    """Follow a run to its end: a line per task change (or a JSON line per snapshot)."""
+    previous: run_pb2.Run | None = None
+    width = 0
+    stream = gateway.runs.WatchRun(
+        gateway_pb2.WatchRunRequest(run_id=run_id), metadata=gateway.metadata
+    )
+    try:
+        for run in stream:
+            width = max([width, *(len(t.node_id) for t in run.tasks)])
+            _show_snapshot(run, previous, json_lines, width)
+            previous = run
+    except KeyboardInterrupt:
+        _err(f"stopped watching; run {run_id} goes on (flowyard run get {run_id})")
+        raise
+    if previous is None or not render.run_finished(previous):
+        status = render.run_status_label(previous.status) if previous else "unknown"
+        raise WatchEndedError(f"the watch of run {run_id} ended early (status {status})")
+    return previous
+
+
+def run_start(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    request = _run_input(args)
+    response = gateway.runs.StartRun(
+        request, metadata=gateway.metadata, timeout=rpc.CALL_TIMEOUT_SECONDS
+    )
+    _out(response.run_id)
+    if not response.created:
+        _err(f"note: idempotency key {request.idempotency_key!r} matched this existing run")
+    if not args.watch:
+        return EXIT_OK
+    final = _watch(gateway, response.run_id)
+    _out(render.render_run_result(final))
+    return render.watch_exit_code(final)
+
+
+def run_get(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    if args.watch:
+        final = _watch(gateway, args.run_id, json_lines=args.output == "json")
+        if args.output != "json":
+            _out("")
+            _out(render.render_run(final))
+        return render.watch_exit_code(final)
+    run = gateway.runs.GetRun(
+        gateway_pb2.GetRunRequest(run_id=args.run_id),
+        metadata=gateway.metadata,
+        timeout=rpc.CALL_TIMEOUT_SECONDS,
+    )
+    if args.output == "json":
+        _out(json_format.MessageToJson(run))
+    else:
+        _out(render.render_run(run, now=datetime.now(UTC)))
+    return EXIT_OK
+
+
+# --- the parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --server is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT",
+        help=f"gateway address (default: ${rpc.ADDRESS_ENV} or {rpc.DEFAULT_ADDRESS})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="flowyard",
+        description="Register workflows, start runs and follow them.",
+        epilog=f"Set ${rpc.TOKEN_ENV} to send a bearer token with every call.",
+        parents=[common],
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{workflow,run}")
+
+    workflow = groups.add_parser("workflow", help="register and read workflow definitions")
+    wf = workflow.add_subparsers(dest="command", required=True)
+    apply = wf.add_parser("apply", parents=[common], help="validate and register definitions")
+    apply.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a YAML or JSON definition ('-' = stdin); repeat for several",
+    )
+    apply.set_defaults(handler=workflow_apply)
+    listing = wf.add_parser("list", parents=[common], help="list workflows (latest versions)")
+    listing.set_defaults(handler=workflow_list)
+    get = wf.add_parser("get", parents=[common], help="print a workflow definition")
+    get.add_argument("name", help="workflow name or id")
+    get.add_argument("--version", type=int, default=0, help="version (default: latest)")
+    get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    get.set_defaults(handler=workflow_get)
+
+    run = groups.add_parser("run", help="start and follow runs")
+    rn = run.add_subparsers(dest="command", required=True)
+    start = rn.add_parser("start", parents=[common], help="start a run and print its id")
+    start.add_argument("name", help="workflow name or id")
+    given = start.add_mutually_exclusive_group()
+    given.add_argument("--input", metavar="JSON", help="the trigger data, as JSON")
+    given.add_argument("--input-file", metavar="FILE", help="the trigger data, a JSON/YAML file")
+    start.add_argument(
+        "--idempotency-key", metavar="KEY", help="the same key never starts a second run"
+    )
+    start.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    start.set_defaults(handler=run_start)
+    show = rn.add_parser("get", parents=[common], help="show a run: tasks, data, errors")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    show.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    show.set_defaults(handler=run_get)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    address = rpc.server_address(getattr(args, "server", None))
+    try:
+        with rpc.connect(address, rpc.call_metadata()) as gateway:
+            code: int = args.handler(args, gateway)
+            return code
+    except UsageError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except grpc.RpcError as exc:
+        code, message = rpc.describe_rpc_error(exc, address)
+        _err(message)
+        return code
+    except WatchEndedError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `flowyard run get X | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
