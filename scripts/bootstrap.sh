@@ -10,6 +10,8 @@ command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || need_apt+=(golang-go)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# promtool checks the Prometheus config and rules in the contract tests
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	echo "bootstrap: installing ${need_apt[*]}" >&2
 	if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi

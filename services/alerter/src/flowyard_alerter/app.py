@@ -1,0 +1,358 @@
+"""The alerter's Kafka side: a faust app that reads ``flowyard.run-events``.
+
+:class:`Alerter` owns one ``faust.App`` and runs it inside the caller's event loop with
+an explicit async lifecycle (``async with Alerter(settings, metrics) as alerter: ...``);
+faust's Worker and CLI are not used, so signals, logging and /metrics stay with
+:func:`flowyard.service.run_service`.
+
+How faust is configured, and why:
+
+* app id = the consumer group (``<prefix>.alerter``); brokers from ``kafka_bootstrap``.
+* Flowyard's topics are declared ``internal=False`` with raw key/value serializers: faust
+  only creates or reconfigures topics it owns (``internal=True``), so it never touches
+  ours (``ensure_topics`` creates them). Topics faust owns later (table changelogs) get
+  ``topic_partitions`` partitions and replication factor 1.
+* ``topic_disable_leader=True``: nothing uses ``on_leader=True`` timers yet, so faust does
+  not create its ``<id>-__assignor-__leader`` topic. Turn it back on when a leader-only
+  timer is added.
+* ``store="memory://"`` for now; faust's data directory (it creates one on first start,
+  by default in the working directory) is a temporary directory removed on exit.
+* no web server, no autodiscovery (no module scanning at start).
+
+Delivery: faust commits offsets of acknowledged messages every ``broker_commit_every``
+messages / ``broker_commit_interval`` seconds and once more on stop, after flushing its
+producer, so a dead letter is on the broker before the offset of its message is committed.
+faust acknowledges a message once the agent has moved past it, even when the agent body
+raised on it (faust then restarts the agent), so the handler turns every failure into a
+dead letter carrying the reason; only a failed dead-letter publish still escapes. On stop,
+faust stops fetching and waits for the message in flight before its last commit.
+
+``RunEventHandler`` holds the per-message logic without faust, so it can be driven
+directly; :meth:`RunEventHandler.run_finished` is where alert delivery hooks in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiokafka.errors import KafkaError as AioKafkaError
+
+# faust imports its modules lazily on first attribute access (~0.5 s for App and aiohttp);
+# importing App here keeps that off the event loop.
+from faust import App
+from flowyard.adapters.kafka import Record
+from flowyard.codec import RUN_STATUS_FROM_PROTO, decode_envelope
+from flowyard.config import Settings
+from flowyard.domain.run import RunStatus
+from flowyard.errors import DecodeError, InfrastructureError
+from flowyard.metrics import ServiceMetrics
+from flowyard.v1 import events_pb2
+
+# faust also loads its transport, assignor and table modules lazily, during App.start;
+# loading them with this module keeps those imports off the event loop as well.
+for _module in (
+    "faust.assignor",
+    "faust.tables",
+    "faust.transport.drivers.aiokafka",
+    "faust.worker",
+):
+    importlib.import_module(_module)
+
+SERVICE = "alerter"
+LAG_INTERVAL_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+DeadLetterSink = Callable[[Record, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run that reached a final status, as the alerter learned it from run-events."""
+
+    event_id: str
+    run_id: str
+    workflow_id: str
+    workflow_version: int
+    workflow_name: str
+    workflow_type: str
+    status: RunStatus
+    previous: RunStatus | None
+    failed_node_id: str
+    error_code: str
+    error_message: str
+
+    @property
+    def workflow_label(self) -> str:
+        return self.workflow_name or self.workflow_id or "unknown"
+
+
+def dead_letter_for(record: Record, reason: str) -> events_pb2.DeadLetter:
+    letter = events_pb2.DeadLetter(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key or b"",
+        value=record.value or b"",
+        reason=reason,
+        service=SERVICE,
+    )
+    letter.time.GetCurrentTime()
+    return letter
+
+
+def finished_run_from(envelope: events_pb2.Envelope) -> FinishedRun | None:
+    """The finished run a ``run_status_changed`` envelope reports, or None if the run
+    is not finished. Raises DecodeError for a status this version does not know."""
+    change = envelope.run_status_changed
+    status = RUN_STATUS_FROM_PROTO.get(change.status)
+    if status is None:
+        raise DecodeError(f"run_status_changed has an unknown status ({change.status})")
+    if not status.finished:
+        return None
+    return FinishedRun(
+        event_id=envelope.event_id,
+        run_id=envelope.run_id,
+        workflow_id=envelope.workflow_id,
+        workflow_version=envelope.workflow_version,
+        workflow_name=change.workflow_name,
+        workflow_type=change.workflow_type,
+        status=status,
+        previous=RUN_STATUS_FROM_PROTO.get(change.previous),
+        failed_node_id=change.failed_node_id,
+        error_code=change.error.code,
+        error_message=change.error.message,
+    )
+
+
+class RunEventHandler:
+    """Handles one run-events message; never raises for a bad message (it is
+    dead-lettered through ``dead_letter`` instead)."""
+
+    def __init__(self, metrics: ServiceMetrics, dead_letter: DeadLetterSink) -> None:
+        self._metrics = metrics
+        self._dead_letter = dead_letter
+
+    async def handle(self, record: Record) -> None:
+        self._metrics.messages_consumed.labels(topic=record.topic).inc()
+        try:
+            envelope = decode_envelope(record.value)
+            if envelope.WhichOneof("payload") == "run_status_changed":
+                run = finished_run_from(envelope)
+                if run is not None:
+                    await self.run_finished(run)
+        except DecodeError as exc:
+            await self._dead_letter(record, str(exc))
+        except Exception as exc:
+            # The message is acknowledged either way (faust acks what the agent moved
+            # past); the dead letter keeps it, with the reason, for a replay.
+            log.exception(
+                "alerter: failed on %s[%d]@%d", record.topic, record.partition, record.offset
+            )
+            await self._dead_letter(record, f"alerter failed: {type(exc).__name__}: {exc}")
+
+    async def run_finished(self, run: FinishedRun) -> None:
+        """One finished run: counted, and logged as the hand-over to alert delivery."""
+        self._metrics.runs_finished.labels(workflow=run.workflow_label, status=run.status).inc()
+        if run.status is RunStatus.FAILED:
+            log.warning(
+                "run %s of workflow %s (v%d) failed at node %s: %s%s",
+                run.run_id,
+                run.workflow_label,
+                run.workflow_version,
+                run.failed_node_id or "?",
+                f"[{run.error_code}] " if run.error_code else "",
+                run.error_message or "(no error message)",
+            )
+        else:
+            log.info(
+                "run %s of workflow %s (v%d) %s",
+                run.run_id,
+                run.workflow_label,
+                run.workflow_version,
+                run.status,
+            )
+
+
+class Alerter:
+    """The alerter's faust app, started and stopped inside the running event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        *,
+        lag_interval: float = LAG_INTERVAL_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.group = settings.topics.group(SERVICE)
+        self.handler = RunEventHandler(metrics, self.dead_letter)
+        self._lag_interval = lag_interval
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._datadir: str | None = None
+        self._app: Any = None
+        self._dead_letter_topic: Any = None
+        self._stopped: asyncio.Task[Any] | None = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            raise RuntimeError("Alerter is not started: use `async with Alerter(...)`")
+        return self._app
+
+    async def __aenter__(self) -> Alerter:
+        self._datadir = tempfile.mkdtemp(prefix="flowyard-alerter-")
+        try:
+            self._app = self._build_app(asyncio.get_running_loop())
+            # Returns once the consumer has joined the group and got its partitions.
+            await self._app.start()
+        except BaseException as exc:
+            await self._close()
+            if isinstance(exc, AioKafkaError):
+                raise InfrastructureError(f"alerter cannot start faust: {exc}") from exc
+            raise
+        # Resolves when faust stops or crashes (a crash in any of its services or in the
+        # consumer thread marks the whole app crashed); awaited again in _close.
+        self._stopped = asyncio.create_task(self._app.wait_until_stopped())
+        log.info("alerter: consuming %s as group %s", self.settings.topics.run_events, self.group)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Return when ``stop`` is set; raise InfrastructureError if faust stops first."""
+        assert self._stopped is not None, "Alerter is not started"
+        stop_requested = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stop_requested, self._stopped], return_when="FIRST_COMPLETED")
+        finally:
+            stop_requested.cancel()
+        if not stop.is_set():
+            app = self.app
+            reason = app.crash_reason if app.crashed else "stopped"
+            raise InfrastructureError(f"alerter: faust app ended unexpectedly: {reason!r}")
+
+    async def _close(self) -> None:
+        try:
+            if self._app is not None:
+                # Stops intake, waits for the message in flight, flushes the producer,
+                # commits, then stops the consumer thread and cancels faust's tasks.
+                await self._app.stop()
+            if self._stopped is not None:
+                await self._stopped
+        finally:
+            self._app = None
+            self._stopped = None
+            self._dead_letter_topic = None
+            for topic, partition in self._lag_labels:
+                self.metrics.consumer_lag.remove(topic, partition, self.group)
+            self._lag_labels.clear()
+            if self._datadir is not None:
+                shutil.rmtree(self._datadir, ignore_errors=True)
+                self._datadir = None
+
+    def _build_app(self, loop: asyncio.AbstractEventLoop) -> Any:
+        settings = self.settings
+        app = App(
+            self.group,
+            broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+            broker_client_id=f"flowyard-{SERVICE}",
+            loop=loop,
+            autodiscover=False,
+            web_enabled=False,
+            store="memory://",
+            datadir=self._datadir,
+            consumer_auto_offset_reset="earliest",
+            topic_replication_factor=1,
+            topic_partitions=settings.topic_partitions,
+            topic_disable_leader=True,
+        )
+        run_events = app.topic(
+            settings.topics.run_events,
+            internal=False,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self._dead_letter_topic = app.topic(
+            settings.topics.dead_letter,
+            internal=False,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        handler = self.handler
+
+        async def run_events_agent(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                await handler.handle(
+                    Record(
+                        message.topic, message.partition, message.offset, message.key, message.value
+                    )
+                )
+
+        app.agent(run_events, name=f"{self.group}.run-events")(run_events_agent)
+        app.timer(self._lag_interval)(self._record_lag)
+        return app
+
+    async def dead_letter(self, record: Record, reason: str) -> None:
+        """Publish ``record`` to the dead-letter topic and wait for the broker's ack."""
+        log.warning(
+            "alerter: dead-lettering %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+        letter = dead_letter_for(record, reason)
+        # force=True: send now, not as an attachment released at commit time.
+        sent = await self._dead_letter_topic.send(
+            key=record.key, value=letter.SerializeToString(), force=True
+        )
+        await sent
+        self.metrics.dead_letters.labels(topic=record.topic).inc()
+
+    async def _record_lag(self) -> None:
+        try:
+            self.record_lag()
+        except Exception:
+            # Monitoring must never take the agent down; try again at the next tick.
+            log.exception("alerter: cannot compute consumer lag")
+
+    def record_lag(self) -> None:
+        """consumer_lag = high watermark - committed offset, per assigned partition of
+        run-events; gauges of partitions no longer assigned are removed."""
+        consumer = self.app.consumer
+        topic = self.settings.topics.run_events
+        # faust keeps the committed offsets it read at assignment and the ones it has
+        # committed since (None for "nothing committed"); it has no public accessor.
+        committed: dict[Any, int | None] = consumer._committed_offset
+        assigned: set[tuple[str, str]] = set()
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            labels = (tp.topic, str(tp.partition))
+            assigned.add(labels)
+            highwater = consumer.highwater(tp)
+            if highwater is None:  # nothing fetched from this partition yet
+                continue
+            lag = max(0, highwater - (committed.get(tp) or 0))
+            self.metrics.consumer_lag.labels(*labels, self.group).set(lag)
+            self._lag_labels.add(labels)
+        for topic_name, partition in self._lag_labels - assigned:
+            self.metrics.consumer_lag.remove(topic_name, partition, self.group)
+        self._lag_labels &= assigned
