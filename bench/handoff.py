@@ -23,10 +23,14 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
+from aiokafka import AIOKafkaConsumer
 from flowyard import codec
+from flowyard.adapters.kafka import ensure_topics
+from flowyard.config import Settings, Topics
 from flowyard.domain.definition import parse_definition
 from flowyard.v1 import gateway_pb2, gateway_pb2_grpc
 from pymongo import AsyncMongoClient
@@ -97,7 +101,12 @@ async def main() -> None:
     ] * args.executors
     processes = start_services(commands, env)
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo, tz_aware=True)
+    finished = FinishedRuns(kafka, f"bench{unique}.run-events")
     try:
+        await ensure_topics(
+            replace(Settings(), kafka_bootstrap=kafka, topics=Topics(f"bench{unique}"))
+        )
+        await finished.__aenter__()
         channel = grpc.aio.insecure_channel(grpc_addr)
         workflows = gateway_pb2_grpc.WorkflowServiceStub(channel)
         runs = gateway_pb2_grpc.RunServiceStub(channel)
@@ -111,7 +120,7 @@ async def main() -> None:
         # one warm-up run so consumers have joined their groups before timing starts
         warm = await runs.StartRun(gateway_pb2.StartRunRequest(workflow="bench-linear"))
         db = client[env["FLOWYARD_MONGO_DB"]]
-        await wait_finished(db, [warm.run_id], within=120)
+        await finished.wait([warm.run_id], within=120)
 
         began = time.perf_counter()
         started = await asyncio.gather(
@@ -119,7 +128,7 @@ async def main() -> None:
               for _ in range(args.runs))
         )  # fmt: skip
         run_ids = [s.run_id for s in started]
-        statuses = await wait_finished(db, run_ids, within=600)
+        statuses = await finished.wait(run_ids, within=600)
         elapsed = time.perf_counter() - began
 
         handoffs = await handoff_latencies(db, run_ids)
@@ -141,25 +150,40 @@ async def main() -> None:
                 process.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 process.kill()
+        await finished.__aexit__()
         await client.drop_database(env["FLOWYARD_MONGO_DB"])
         await client.close()
 
 
-async def wait_finished(db: object, run_ids: list[str], within: float) -> dict[str, str]:
-    runs = db["runs"]  # type: ignore[index]
-    deadline = time.monotonic() + within
-    while True:
-        found = {
-            doc["_id"]: doc["status"]
-            async for doc in runs.find({"_id": {"$in": run_ids}}, {"status": 1})
-        }
-        if len(found) == len(run_ids) and all(
-            s in ("succeeded", "failed", "stopped") for s in found.values()
-        ):
-            return found
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out: {len(found)} runs found, not all finished")
-        await asyncio.sleep(0.2)
+class FinishedRuns:
+    """Follows run-events so waiting costs the database nothing (no polling)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        self.statuses: dict[str, str] = {}
+
+    async def __aenter__(self) -> FinishedRuns:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def wait(self, run_ids: list[str], within: float) -> dict[str, str]:
+        wanted = set(run_ids)
+        async with asyncio.timeout(within):
+            while not wanted <= self.statuses.keys():
+                for records in (await self._consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        envelope = codec.decode_envelope(record.value)
+                        if envelope.WhichOneof("payload") != "run_status_changed":
+                            continue
+                        status = codec.RUN_STATUS_FROM_PROTO[envelope.run_status_changed.status]
+                        if status.finished:
+                            self.statuses[envelope.run_id] = status.value
+        return {r: self.statuses[r] for r in run_ids}
 
 
 async def handoff_latencies(db: object, run_ids: list[str]) -> list[float]:

@@ -488,16 +488,19 @@ class CodeSandbox:
             if child.process.returncode is None:
                 return child
             self._in_background(self._dispose(child))
-        spawning = asyncio.ensure_future(self._spawn())
+        # Starting a process must not be interrupted half-way: if the caller is cancelled
+        # meanwhile, the start completes and a clean-up task (which close() awaits)
+        # disposes of the new child.
+        spawning = asyncio.create_task(self._spawn())
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
-            spawning.add_done_callback(self._dispose_spawned)
+            self._in_background(self._dispose_when_started(spawning))
             raise
 
-    def _dispose_spawned(self, spawning: asyncio.Future[_Child]) -> None:
-        if not spawning.cancelled() and spawning.exception() is None:
-            self._in_background(self._dispose(spawning.result()))
+    async def _dispose_when_started(self, spawning: asyncio.Task[_Child]) -> None:
+        with contextlib.suppress(Exception):
+            await self._dispose(await spawning)
 
     def _refill(self) -> None:
         if not self._started or self._closing:
