@@ -171,3 +171,36 @@ async def test_unknown_ids_are_not_found(flowyard: RunningFlowyard) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as start_error:
         await flowyard.runs.StartRun(gateway_pb2.StartRunRequest(workflow="no-such-workflow"))
     assert start_error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_services_count_what_they_did(
+    flowyard: RunningFlowyard, eventually: Eventually
+) -> None:
+    await apply(flowyard, CHAIN)
+    started = await flowyard.runs.StartRun(
+        gateway_pb2.StartRunRequest(workflow="price-check", input=codec.json_to_value({"price": 2}))
+    )
+    await finished_run(flowyard, started.run_id, eventually)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await flowyard.runs.GetRun(gateway_pb2.GetRunRequest(run_id="missing"))
+
+    def sample(service: str, name: str, labels: dict[str, str]) -> float:
+        value = flowyard.metrics[service].registry.get_sample_value(name, labels)
+        return value or 0.0
+
+    def counted() -> None:
+        finished = {"workflow": "price-check", "status": "succeeded"}
+        assert sample("scheduler", "flowyard_runs_finished_total", finished) == 1
+        assert sample("scheduler", "flowyard_runs_started_total",
+                      {"workflow": "price-check", "trigger": "api"}) == 1  # fmt: skip
+        code = {"node_type": "code", "status": "succeeded"}
+        assert sample("executor", "flowyard_tasks_finished_total", code) == 2
+        assert (
+            sample("executor", "flowyard_task_duration_seconds_count", {"node_type": "code"}) == 2
+        )
+        gateway = "api-gateway"
+        assert sample(gateway, "flowyard_grpc_requests_total", {"method": "StartRun", "code": "OK"})
+        not_found = {"method": "GetRun", "code": "NOT_FOUND"}
+        assert sample(gateway, "flowyard_grpc_requests_total", not_found) == 1
+
+    await eventually(counted)

@@ -17,6 +17,7 @@ from flowyard.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flowyard_api_gateway.metrics_interceptor import RequestMetricsInterceptor
 from flowyard_api_gateway.run_events import RunEventsHub
 from flowyard_api_gateway.servicers import RunServicer, WorkflowServicer
 
@@ -84,10 +85,11 @@ def build_server(
     metrics: ServiceMetrics,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
+        interceptors=[RequestMetricsInterceptor(metrics)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-        ]
+        ],
     )
     gateway_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(store), server)
     gateway_pb2_grpc.add_RunServiceServicer_to_server(

@@ -15,7 +15,7 @@ with these names already defined:
     a dict from each upstream node's id to that node's output;
 ``inputs``
     the whole input dict, with the keys ``trigger``, ``context``, ``node_context`` and
-    ``upstream``;
+    ``upstream`` (a missing ``trigger`` is ``None``, a missing dict is ``{}``);
 
 plus Python's normal built-ins and the modules in :data:`CURATED_MODULES`, already
 imported under their own names. Any other standard-library module can be imported as

@@ -82,17 +82,16 @@ def _tasks_of_this_user() -> int:
     for entry in entries:
         if not entry.isdigit():
             continue
+        real_uid = threads = -1
         try:
             with open(f"/proc/{entry}/status", "rb") as status:
-                text = status.read()
-        except OSError:
+                for line in status:
+                    if line.startswith(b"Uid:"):
+                        real_uid = int(line.split()[1])
+                    elif line.startswith(b"Threads:"):
+                        threads = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        real_uid = threads = -1
-        for line in text.splitlines():
-            if line.startswith(b"Uid:"):
-                real_uid = int(line.split()[1])
-            elif line.startswith(b"Threads:"):
-                threads = int(line.split()[1])
         if real_uid == uid and threads > 0:
             count += threads
     return count
@@ -420,6 +419,18 @@ def main() -> None:
         frame = _run(job, channel, modules, memory)
     except MemoryError:
         frame = fallback
+    except Exception as exc:  # a fault of the runner itself, not of the code
+        frame = channel.frame(
+            json.dumps(
+                {
+                    "k": "error",
+                    "dropped": channel.dropped,
+                    "code": "code.crashed",
+                    "message": f"the sandbox failed: {_describe(exc)}",
+                    "trace": "",
+                }
+            ).encode()
+        )
     try:
         # Let go of stderr first, so the parent sees its end before the final message.
         null = os.open(os.devnull, os.O_WRONLY)
