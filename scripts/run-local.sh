@@ -25,7 +25,10 @@ for file in examples/*.yaml; do
 done
 flowyard workflow list
 echo
-flowyard run start inventory-reorder --input '{"sku": "WIDGET-7", "on_hand": 12, "daily_demand": 5}' --watch
+run_id=$(flowyard run start inventory-reorder \
+	--input '{"sku": "WIDGET-7", "on_hand": 12, "daily_demand": 5}' | head -n 1)
+echo "started inventory-reorder run $run_id"
+flowyard run get "$run_id" --watch
 echo
 echo "The stack is running: gRPC ${FLOWYARD_GRPC_ADDR:-127.0.0.1:50051}, metrics on ports 9101-9104."
 echo "Try: scripts/uv.sh run flowyard run start deploy-service --watch"

@@ -67,12 +67,6 @@ class Executor:
         dispatch = envelope.dispatch_task
         if not envelope.run_id or not dispatch.node_id or dispatch.attempt < 1:
             raise DecodeError("dispatch needs run_id, node_id and an attempt >= 1")
-        previous = await self._store.find_attempt(
-            envelope.run_id, dispatch.node_id, dispatch.attempt
-        )
-        if previous is not None and previous.status.finished:
-            await self._report(envelope, previous)
-            return
         if dispatch.HasField("not_before"):
             delay = (codec.time_from_proto(dispatch.not_before) - self._clock()).total_seconds()
             if delay > 0:
@@ -87,16 +81,21 @@ class Executor:
             executor_id=self.executor_id,
             started_at=self._clock(),
         )
+        previous = await self._store.claim_attempt(attempt)
+        if previous is not None and previous.status.finished:
+            await self._report(envelope, previous)
+            return
+        if previous is not None:
+            # Claimed before but never finished: the executor that had it died (the offset
+            # was not committed). At-least-once: run it again under this executor.
+            await self._store.save_attempt(attempt)
         started = self._envelope(envelope)
         started.task_started.CopyFrom(
             events_pb2.TaskStarted(
                 node_id=dispatch.node_id, attempt=dispatch.attempt, executor_id=self.executor_id
             )
         )
-        await asyncio.gather(
-            self._store.save_attempt(attempt),
-            self._publisher.publish(self._topics.task_events, envelope.run_id, started),
-        )
+        await self._publisher.publish(self._topics.task_events, envelope.run_id, started)
         self._metrics.tasks_in_flight.inc()
         try:
             output, error = await self._execute(dispatch, inputs)

@@ -180,6 +180,19 @@ class MongoStore:
         doc = await self._find_one(self.attempts, {"_id": _attempt_id(run_id, node_id, number)})
         return None if doc is None else _attempt_from_doc(doc)
 
+    async def claim_attempt(self, attempt: Attempt) -> Attempt | None:
+        """Record a starting attempt; if it exists already (a redelivery), return that one.
+
+        One insert in the common case: cheaper than a read then a write, and atomic.
+        """
+        try:
+            await self.attempts.insert_one(_attempt_to_doc(attempt))
+            return None
+        except DuplicateKeyError:
+            return await self.find_attempt(attempt.run_id, attempt.node_id, attempt.number)
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+
     async def save_attempt(self, attempt: Attempt) -> None:
         doc = _attempt_to_doc(attempt)
         try:
