@@ -31,7 +31,7 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
             publisher,
             metrics,
             SERVICE,
-            concurrency=64,
+            concurrency=16,
             ordered_by_key=True,
             on_revoked=scheduler.forget_runs,
         ) as consumer:

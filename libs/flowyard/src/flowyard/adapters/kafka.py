@@ -25,11 +25,15 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from flowyard.codec import decode_envelope
 from flowyard.config import Settings
-from flowyard.errors import DecodeError, InfrastructureError
+from flowyard.errors import ConflictError, DecodeError, InfrastructureError
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2
 
 log = logging.getLogger(__name__)
+
+# A handler error that is not an infrastructure failure is retried this often, then the
+# message is dead-lettered so one poison message cannot stop a partition.
+MAX_HANDLER_FAILURES = 3
 
 
 def ensure_topics_blocking(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
@@ -252,16 +256,13 @@ class EnvelopeConsumer:
                 await asyncio.wait([previous])
             item = Record(record.topic, record.partition, record.offset, record.key, record.value)
             self._metrics.messages_consumed.labels(topic=record.topic).inc()
-            try:
-                envelope = decode_envelope(record.value)
-                await self._handler(envelope, item)
-            except DecodeError as exc:
-                await self.dead_letter(item, str(exc))
+            await self._handle_with_retries(item)
             self._pending.setdefault(tp, {})[record.offset] = True
         except Exception:
-            # Leaving the offset unfinished blocks commits past it, so a restart retries it.
-            log.exception(
-                "%s: handler failed on %s[%d]@%d; it will be redelivered",
+            # Only reached while stopping: the offset stays uncommitted, so the message is
+            # handled again after the restart.
+            log.warning(
+                "%s: %s[%d]@%d left for redelivery",
                 self._service,
                 record.topic,
                 record.partition,
@@ -269,6 +270,34 @@ class EnvelopeConsumer:
             )
         finally:
             self._slots.release()
+
+    async def _handle_with_retries(self, item: Record) -> None:
+        """Infrastructure failures (a busy database, a broker election) are retried with
+        backoff for as long as the service runs, since skipping would lose state; a
+        message whose handler keeps failing for any other reason is dead-lettered."""
+        failures = 0
+        while True:
+            try:
+                envelope = decode_envelope(item.value)
+                await self._handler(envelope, item)
+                return
+            except DecodeError as exc:
+                await self.dead_letter(item, str(exc))
+                return
+            except (InfrastructureError, ConflictError) as exc:
+                failures += 1
+                if self._stopping.is_set():
+                    raise
+                delay = min(0.02 * 2**failures, 5.0)
+                log.warning("%s: %s; retrying in %.2f s", self._service, exc, delay)
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                failures += 1
+                if failures >= MAX_HANDLER_FAILURES:
+                    log.exception("%s: handler keeps failing; dead-lettering", self._service)
+                    await self.dead_letter(item, f"handler failed {failures} times: {exc!r}")
+                    return
+                await asyncio.sleep(0.1 * failures)
 
     async def dead_letter(self, record: Record, reason: str) -> None:
         letter = events_pb2.DeadLetter(
