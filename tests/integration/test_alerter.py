@@ -13,7 +13,7 @@ from dataclasses import replace
 from uuid import uuid4
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from flowyard import codec
 from flowyard.adapters.kafka import ensure_topics
 from flowyard.config import Settings, Topics
@@ -21,6 +21,8 @@ from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2, run_pb2
 from flowyard_alerter.app import Alerter
 from prometheus_client import CollectorRegistry
+
+from tests.integration.kafka_reading import read_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -72,28 +74,6 @@ async def publish(settings: Settings, messages: list[tuple[bytes, bytes]]) -> No
             await producer.send_and_wait(settings.topics.run_events, value, key=key)
     finally:
         await producer.stop()
-
-
-async def read_dead_letters(settings: Settings, count: int) -> list[events_pb2.DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        settings.topics.dead_letter,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    letters: list[events_pb2.DeadLetter] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(letters) < count:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        letter = events_pb2.DeadLetter()
-                        letter.ParseFromString(record.value)
-                        letters.append(letter)
-    finally:
-        await consumer.stop()
-    return letters
 
 
 async def test_failed_run_is_counted_and_garbage_is_dead_lettered(

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from flowyard import codec
 from flowyard.adapters.kafka import EnvelopeConsumer, KafkaPublisher, Record
 from flowyard.config import Settings
@@ -15,29 +15,9 @@ from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2
 from prometheus_client import CollectorRegistry
 
+from tests.integration.kafka_reading import read_dead_letters
+
 pytestmark = pytest.mark.integration
-
-
-async def read_dead_letters(settings: Settings, count: int) -> list[events_pb2.DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        settings.topics.dead_letter,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    letters: list[events_pb2.DeadLetter] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(letters) < count:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        letter = events_pb2.DeadLetter()
-                        letter.ParseFromString(record.value)
-                        letters.append(letter)
-    finally:
-        await consumer.stop()
-    return letters
 
 
 async def test_undecodable_messages_are_dead_lettered_and_good_ones_still_handled(
