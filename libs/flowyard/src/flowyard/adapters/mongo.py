@@ -131,25 +131,13 @@ class MongoStore:
 
     async def insert_workflow(self, workflow: StoredWorkflow) -> bool:
         """Store a new version; False when that version number was taken concurrently."""
-        try:
-            await self.workflows.insert_one(_workflow_to_doc(workflow))
-        except DuplicateKeyError:
-            return False
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
-        return True
+        return await self._insert_new(self.workflows, _workflow_to_doc(workflow))
 
     # --- runs --------------------------------------------------------------------------
 
     async def insert_run(self, run: RunState) -> bool:
         """Store a new run; False if a run with that id exists already."""
-        try:
-            await self.runs.insert_one(run_to_doc(run))
-        except DuplicateKeyError:
-            return False
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
-        return True
+        return await self._insert_new(self.runs, run_to_doc(run))
 
     async def find_run(self, run_id: str) -> RunState | None:
         doc = await self._find_one(self.runs, {"_id": run_id})
@@ -185,13 +173,9 @@ class MongoStore:
 
         One insert in the common case: cheaper than a read then a write, and atomic.
         """
-        try:
-            await self.attempts.insert_one(_attempt_to_doc(attempt))
+        if await self._insert_new(self.attempts, _attempt_to_doc(attempt)):
             return None
-        except DuplicateKeyError:
-            return await self.find_attempt(attempt.run_id, attempt.node_id, attempt.number)
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+        return await self.find_attempt(attempt.run_id, attempt.node_id, attempt.number)
 
     async def save_attempt(self, attempt: Attempt) -> None:
         doc = _attempt_to_doc(attempt)
@@ -209,6 +193,16 @@ class MongoStore:
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
         return found
+
+    async def _insert_new(self, collection: Any, doc: Document) -> bool:
+        """Insert ``doc``; False when its ``_id`` (or a unique key) is taken already."""
+        try:
+            await collection.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+        return True
 
     async def _find_one(
         self, collection: Any, query: Mapping[str, Any], sort: Sequence[Any] | None = None
