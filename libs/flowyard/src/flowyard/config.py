@@ -18,6 +18,17 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_CODE_TIMEOUT_SECONDS | 300 | wall-clock limit of a code node without its own timeout |
 | FLOWYARD_CODE_MEMORY_MB | 512 | address-space limit of a code node's process |
 | FLOWYARD_CODE_CPU_SECONDS | 300 | CPU-time limit of a code node's process |
+| FLOWYARD_HEARTBEAT_SECONDS | 5 | how often an executor reports each running task as alive |
+| FLOWYARD_TASK_LEASE_SECONDS | 30 | a running task with no heartbeat for this long is re-dispatched |
+| FLOWYARD_TIMER_POLL_SECONDS | 0.5 | how often the scheduler looks for due timers |
+| FLOWYARD_SMTP_HOST | 127.0.0.1 | SMTP server for email nodes (and, later, alerts) |
+| FLOWYARD_SMTP_PORT | 25 | SMTP port |
+| FLOWYARD_SMTP_FROM | flowyard@localhost | sender address |
+| FLOWYARD_SMTP_USERNAME | (none) | SMTP login; empty = no login |
+| FLOWYARD_SMTP_PASSWORD | (none) | SMTP password |
+| FLOWYARD_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
+| FLOWYARD_SLACK_API_URL | https://slack.com/api | Slack Web API base URL |
+| FLOWYARD_SLACK_BOT_TOKEN | (none) | bot token for Slack nodes (xoxb-...) |
 | FLOWYARD_LOG_LEVEL | INFO | log level |
 """
 
@@ -85,6 +96,22 @@ class Topics:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "flowyard@localhost"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    starttls: bool = False
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    api_url: str = "https://slack.com/api"
+    bot_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     mongo_url: str = "mongodb://127.0.0.1:27017"
@@ -98,6 +125,11 @@ class Settings:
     code_timeout_seconds: float = 300.0
     code_memory_mb: int = 512
     code_cpu_seconds: int = 300
+    heartbeat_seconds: float = 5.0
+    task_lease_seconds: float = 30.0
+    timer_poll_seconds: float = 0.5
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    slack: SlackSettings = field(default_factory=SlackSettings)
     log_level: str = "INFO"
 
 
@@ -115,6 +147,13 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         except ValueError:
             raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
+    def get_float(name: str, default: float) -> float:
+        raw = get(name, str(default))
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
     return Settings(
         kafka_bootstrap=get("FLOWYARD_KAFKA_BOOTSTRAP", Settings.kafka_bootstrap),
         mongo_url=get("FLOWYARD_MONGO_URL", Settings.mongo_url),
@@ -128,5 +167,20 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         code_timeout_seconds=float(get_int("FLOWYARD_CODE_TIMEOUT_SECONDS", 300)),
         code_memory_mb=get_int("FLOWYARD_CODE_MEMORY_MB", 512),
         code_cpu_seconds=get_int("FLOWYARD_CODE_CPU_SECONDS", 300),
+        heartbeat_seconds=get_float("FLOWYARD_HEARTBEAT_SECONDS", 5.0),
+        task_lease_seconds=get_float("FLOWYARD_TASK_LEASE_SECONDS", 30.0),
+        timer_poll_seconds=get_float("FLOWYARD_TIMER_POLL_SECONDS", 0.5),
+        smtp=SmtpSettings(
+            host=get("FLOWYARD_SMTP_HOST", SmtpSettings.host),
+            port=get_int("FLOWYARD_SMTP_PORT", SmtpSettings.port),
+            sender=get("FLOWYARD_SMTP_FROM", SmtpSettings.sender),
+            username=get("FLOWYARD_SMTP_USERNAME", ""),
+            password=get("FLOWYARD_SMTP_PASSWORD", ""),
+            starttls=get("FLOWYARD_SMTP_STARTTLS", "false").lower() in ("1", "true", "yes"),
+        ),
+        slack=SlackSettings(
+            api_url=get("FLOWYARD_SLACK_API_URL", SlackSettings.api_url).rstrip("/"),
+            bot_token=get("FLOWYARD_SLACK_BOT_TOKEN", ""),
+        ),
         log_level=get("FLOWYARD_LOG_LEVEL", "INFO").upper(),
     )

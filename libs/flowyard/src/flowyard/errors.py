@@ -4,6 +4,8 @@ Tree::
 
     FlowyardError
     ├── DefinitionError          a workflow definition is invalid (lists every problem)
+    ├── ExpressionError          an expression cannot be evaluated (names the missing field)
+    ├── WorkflowStateError       the workflow's state forbids the request (draft, paused)
     ├── NotFoundError
     │   ├── WorkflowNotFoundError
     │   └── RunNotFoundError
@@ -40,6 +42,18 @@ class DefinitionError(FlowyardError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = tuple(problems)
         super().__init__("invalid workflow definition: " + "; ".join(map(str, problems)))
+
+
+class ExpressionError(FlowyardError):
+    """An expression failed at run time; ``code`` is the task error code to report."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class WorkflowStateError(FlowyardError):
+    pass
 
 
 class NotFoundError(FlowyardError):
