@@ -3,11 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from flowyard.v1 import run_pb2 as _run_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +21,35 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TimerKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TimerKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TimerKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIMER_KIND_UNSPECIFIED: _TimerKind.ValueType  # 0
+    TIMER_KIND_RETRY: _TimerKind.ValueType  # 1
+    """A retry's backoff is over: dispatch the next attempt."""
+    TIMER_KIND_WAIT: _TimerKind.ValueType  # 2
+    """A wait/delay node's time has come."""
+    TIMER_KIND_LEASE: _TimerKind.ValueType  # 3
+    """No heartbeat for the lease: the executor is presumed dead."""
+    TIMER_KIND_DEADLINE: _TimerKind.ValueType  # 4
+    """The node's timeout passed while the attempt was still running."""
+
+class TimerKind(_TimerKind, metaclass=_TimerKindEnumTypeWrapper): ...
+
+TIMER_KIND_UNSPECIFIED: TimerKind.ValueType  # 0
+TIMER_KIND_RETRY: TimerKind.ValueType  # 1
+"""A retry's backoff is over: dispatch the next attempt."""
+TIMER_KIND_WAIT: TimerKind.ValueType  # 2
+"""A wait/delay node's time has come."""
+TIMER_KIND_LEASE: TimerKind.ValueType  # 3
+"""No heartbeat for the lease: the executor is presumed dead."""
+TIMER_KIND_DEADLINE: TimerKind.ValueType  # 4
+"""The node's timeout passed while the attempt was still running."""
+Global___TimerKind: _TypeAlias = TimerKind  # noqa: Y015
 
 @_typing.final
 class Envelope(_message.Message):
@@ -37,6 +69,11 @@ class Envelope(_message.Message):
     TASK_FAILED_FIELD_NUMBER: _builtins.int
     RUN_STATUS_CHANGED_FIELD_NUMBER: _builtins.int
     TASK_STATUS_CHANGED_FIELD_NUMBER: _builtins.int
+    TASK_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    TIMER_FIRED_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_FINISHED_FIELD_NUMBER: _builtins.int
+    APPROVAL_DECIDED_FIELD_NUMBER: _builtins.int
+    SLOT_FREED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     run_id: _builtins.str
     workflow_id: _builtins.str
@@ -57,6 +94,16 @@ class Envelope(_message.Message):
     def run_status_changed(self) -> Global___RunStatusChanged: ...
     @_builtins.property
     def task_status_changed(self) -> Global___TaskStatusChanged: ...
+    @_builtins.property
+    def task_heartbeat(self) -> Global___TaskHeartbeat: ...
+    @_builtins.property
+    def timer_fired(self) -> Global___TimerFired: ...
+    @_builtins.property
+    def child_run_finished(self) -> Global___ChildRunFinished: ...
+    @_builtins.property
+    def approval_decided(self) -> Global___ApprovalDecided: ...
+    @_builtins.property
+    def slot_freed(self) -> Global___SlotFreed: ...
     def __init__(
         self,
         *,
@@ -72,16 +119,52 @@ class Envelope(_message.Message):
         task_failed: Global___TaskFailed | None = ...,
         run_status_changed: Global___RunStatusChanged | None = ...,
         task_status_changed: Global___TaskStatusChanged | None = ...,
+        task_heartbeat: Global___TaskHeartbeat | None = ...,
+        timer_fired: Global___TimerFired | None = ...,
+        child_run_finished: Global___ChildRunFinished | None = ...,
+        approval_decided: Global___ApprovalDecided | None = ...,
+        slot_freed: Global___SlotFreed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch_task", b"dispatch_task", "payload", b"payload", "run_status_changed", b"run_status_changed", "start_run", b"start_run", "task_failed", b"task_failed", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "payload", b"payload", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_task", b"dispatch_task", "event_id", b"event_id", "payload", b"payload", "run_id", b"run_id", "run_status_changed", b"run_status_changed", "start_run", b"start_run", "task_failed", b"task_failed", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "event_id", b"event_id", "payload", b"payload", "run_id", b"run_id", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start_run", "dispatch_task", "task_started", "task_succeeded", "task_failed", "run_status_changed", "task_status_changed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start_run", "dispatch_task", "task_started", "task_succeeded", "task_failed", "run_status_changed", "task_status_changed", "task_heartbeat", "timer_fired", "child_run_finished", "approval_decided", "slot_freed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
+
+@_typing.final
+class ParentLink(_message.Message):
+    """A run that started another one through a run-workflow node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    node_id: _builtins.str
+    attempt: _builtins.int
+    wait: _builtins.bool
+    """True when the parent task waits for this run to finish."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "node_id", b"node_id", "run_id", b"run_id", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParentLink: _TypeAlias = ParentLink  # noqa: Y015
 
 @_typing.final
 class StartRun(_message.Message):
@@ -91,19 +174,27 @@ class StartRun(_message.Message):
 
     WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Workflow name; the scheduler resolves it to the active version."""
+    test: _builtins.bool
+    """A dry run: the definition is read from the run's snapshot, not the registry."""
     @_builtins.property
     def trigger(self) -> _run_pb2.TriggerInfo: ...
+    @_builtins.property
+    def parent(self) -> Global___ParentLink: ...
     def __init__(
         self,
         *,
         workflow_name: _builtins.str = ...,
         trigger: _run_pb2.TriggerInfo | None = ...,
+        parent: Global___ParentLink | None = ...,
+        test: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["trigger", b"trigger", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "test", b"test", "trigger", b"trigger", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -192,24 +283,171 @@ class TaskSucceeded(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     attempt: _builtins.int
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         output: _struct_pb2.Value | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "node_id", b"node_id", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "node_id", b"node_id", "output", b"output", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSucceeded: _TypeAlias = TaskSucceeded  # noqa: Y015
+
+@_typing.final
+class TaskHeartbeat(_message.Message):
+    """flowyard.task-events: the executor still runs this attempt (sent every few seconds)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    EXECUTOR_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    executor_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        executor_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "executor_id", b"executor_id", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskHeartbeat: _TypeAlias = TaskHeartbeat  # noqa: Y015
+
+@_typing.final
+class TimerFired(_message.Message):
+    """flowyard.task-events: a durable timer stored by the scheduler came due."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    kind: Global___TimerKind.ValueType
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        kind: Global___TimerKind.ValueType = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "due_at", b"due_at", "kind", b"kind", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimerFired: _TypeAlias = TimerFired  # noqa: Y015
+
+@_typing.final
+class ChildRunFinished(_message.Message):
+    """flowyard.task-events (keyed by the parent run): a child run finished."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    child_run_id: _builtins.str
+    status: _run_pb2.RunStatus.ValueType
+    @_builtins.property
+    def output(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def error(self) -> _run_pb2.TaskError: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        child_run_id: _builtins.str = ...,
+        status: _run_pb2.RunStatus.ValueType = ...,
+        output: _struct_pb2.Value | None = ...,
+        error: _run_pb2.TaskError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_run_id", b"child_run_id", "error", b"error", "node_id", b"node_id", "output", b"output", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRunFinished: _TypeAlias = ChildRunFinished  # noqa: Y015
+
+@_typing.final
+class ApprovalDecided(_message.Message):
+    """flowyard.commands: the decision on an approval node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    approved: _builtins.bool
+    decided_by: _builtins.str
+    comment: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        approved: _builtins.bool = ...,
+        decided_by: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "comment", b"comment", "decided_by", b"decided_by", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecided: _TypeAlias = ApprovalDecided  # noqa: Y015
+
+@_typing.final
+class SlotFreed(_message.Message):
+    """flowyard.triggers: a run slot of the workflow freed up; start queued runs if any."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotFreed: _TypeAlias = SlotFreed  # noqa: Y015
 
 @_typing.final
 class TaskFailed(_message.Message):

@@ -27,7 +27,7 @@ from flowyard.v1 import workflow_pb2 as flowyard_dot_v1_dot_workflow__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lowyard/v1/gateway.proto\x12\x0b\x66lowyard.v1\x1a\x15\x66lowyard/v1/run.proto\x1a\x1a\x66lowyard/v1/workflow.proto\x1a\x1cgoogle/protobuf/struct.proto\"K\n\x14\x41pplyWorkflowRequest\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.flowyard.v1.WorkflowDefinition\"Q\n\x15\x41pplyWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.flowyard.v1.Workflow\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"3\n\x12GetWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"A\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.flowyard.v1.Workflow\"w\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\nstarted_by\x18\x04 \x01(\t\"3\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t2\x88\x02\n\x0fWorkflowService\x12V\n\rApplyWorkflow\x12!.flowyard.v1.ApplyWorkflowRequest\x1a\".flowyard.v1.ApplyWorkflowResponse\x12\x45\n\x0bGetWorkflow\x12\x1f.flowyard.v1.GetWorkflowRequest\x1a\x15.flowyard.v1.Workflow\x12V\n\rListWorkflows\x12!.flowyard.v1.ListWorkflowsRequest\x1a\".flowyard.v1.ListWorkflowsResponse2\xcb\x01\n\nRunService\x12G\n\x08StartRun\x12\x1c.flowyard.v1.StartRunRequest\x1a\x1d.flowyard.v1.StartRunResponse\x12\x36\n\x06GetRun\x12\x1a.flowyard.v1.GetRunRequest\x1a\x10.flowyard.v1.Run\x12<\n\x08WatchRun\x12\x1c.flowyard.v1.WatchRunRequest\x1a\x10.flowyard.v1.Run0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lowyard/v1/gateway.proto\x12\x0b\x66lowyard.v1\x1a\x15\x66lowyard/v1/run.proto\x1a\x1a\x66lowyard/v1/workflow.proto\x1a\x1cgoogle/protobuf/struct.proto\"K\n\x14\x41pplyWorkflowRequest\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.flowyard.v1.WorkflowDefinition\"Q\n\x15\x41pplyWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.flowyard.v1.Workflow\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"3\n\x12GetWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"R\n\x17SetWorkflowStateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.flowyard.v1.WorkflowState\"8\n\x14\x43loneWorkflowRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08new_name\x18\x02 \x01(\t\"\x87\x01\n\x15\x44ryRunWorkflowRequest\x12\x33\n\ndefinition\x18\x01 \x01(\x0b\x32\x1f.flowyard.v1.WorkflowDefinition\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\nstarted_by\x18\x03 \x01(\t\"A\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.flowyard.v1.Workflow\"w\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\nstarted_by\x18\x04 \x01(\t\"3\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t2\xf9\x03\n\x0fWorkflowService\x12V\n\rApplyWorkflow\x12!.flowyard.v1.ApplyWorkflowRequest\x1a\".flowyard.v1.ApplyWorkflowResponse\x12\x45\n\x0bGetWorkflow\x12\x1f.flowyard.v1.GetWorkflowRequest\x1a\x15.flowyard.v1.Workflow\x12V\n\rListWorkflows\x12!.flowyard.v1.ListWorkflowsRequest\x1a\".flowyard.v1.ListWorkflowsResponse\x12O\n\x10SetWorkflowState\x12$.flowyard.v1.SetWorkflowStateRequest\x1a\x15.flowyard.v1.Workflow\x12I\n\rCloneWorkflow\x12!.flowyard.v1.CloneWorkflowRequest\x1a\x15.flowyard.v1.Workflow\x12S\n\x0e\x44ryRunWorkflow\x12\".flowyard.v1.DryRunWorkflowRequest\x1a\x1d.flowyard.v1.StartRunResponse2\xcb\x01\n\nRunService\x12G\n\x08StartRun\x12\x1c.flowyard.v1.StartRunRequest\x1a\x1d.flowyard.v1.StartRunResponse\x12\x36\n\x06GetRun\x12\x1a.flowyard.v1.GetRunRequest\x1a\x10.flowyard.v1.Run\x12<\n\x08WatchRun\x12\x1c.flowyard.v1.WatchRunRequest\x1a\x10.flowyard.v1.Run0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,18 +42,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETWORKFLOWREQUEST']._serialized_end=334
   _globals['_LISTWORKFLOWSREQUEST']._serialized_start=336
   _globals['_LISTWORKFLOWSREQUEST']._serialized_end=358
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=360
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=425
-  _globals['_STARTRUNREQUEST']._serialized_start=427
-  _globals['_STARTRUNREQUEST']._serialized_end=546
-  _globals['_STARTRUNRESPONSE']._serialized_start=548
-  _globals['_STARTRUNRESPONSE']._serialized_end=599
-  _globals['_GETRUNREQUEST']._serialized_start=601
-  _globals['_GETRUNREQUEST']._serialized_end=632
-  _globals['_WATCHRUNREQUEST']._serialized_start=634
-  _globals['_WATCHRUNREQUEST']._serialized_end=667
-  _globals['_WORKFLOWSERVICE']._serialized_start=670
-  _globals['_WORKFLOWSERVICE']._serialized_end=934
-  _globals['_RUNSERVICE']._serialized_start=937
-  _globals['_RUNSERVICE']._serialized_end=1140
+  _globals['_SETWORKFLOWSTATEREQUEST']._serialized_start=360
+  _globals['_SETWORKFLOWSTATEREQUEST']._serialized_end=442
+  _globals['_CLONEWORKFLOWREQUEST']._serialized_start=444
+  _globals['_CLONEWORKFLOWREQUEST']._serialized_end=500
+  _globals['_DRYRUNWORKFLOWREQUEST']._serialized_start=503
+  _globals['_DRYRUNWORKFLOWREQUEST']._serialized_end=638
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=640
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=705
+  _globals['_STARTRUNREQUEST']._serialized_start=707
+  _globals['_STARTRUNREQUEST']._serialized_end=826
+  _globals['_STARTRUNRESPONSE']._serialized_start=828
+  _globals['_STARTRUNRESPONSE']._serialized_end=879
+  _globals['_GETRUNREQUEST']._serialized_start=881
+  _globals['_GETRUNREQUEST']._serialized_end=912
+  _globals['_WATCHRUNREQUEST']._serialized_start=914
+  _globals['_WATCHRUNREQUEST']._serialized_end=947
+  _globals['_WORKFLOWSERVICE']._serialized_start=950
+  _globals['_WORKFLOWSERVICE']._serialized_end=1455
+  _globals['_RUNSERVICE']._serialized_start=1458
+  _globals['_RUNSERVICE']._serialized_end=1661
 # @@protoc_insertion_point(module_scope)

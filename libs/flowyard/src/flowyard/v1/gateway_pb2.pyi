@@ -104,6 +104,80 @@ class ListWorkflowsRequest(_message.Message):
 Global___ListWorkflowsRequest: _TypeAlias = ListWorkflowsRequest  # noqa: Y015
 
 @_typing.final
+class SetWorkflowStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Workflow name or id."""
+    state: _workflow_pb2.WorkflowState.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: _workflow_pb2.WorkflowState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWorkflowStateRequest: _TypeAlias = SetWorkflowStateRequest  # noqa: Y015
+
+@_typing.final
+class CloneWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NEW_NAME_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Workflow name or id to copy."""
+    new_name: _builtins.str
+    """1-50 characters: letters, digits, '_', '-', '.'."""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        new_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_name", b"new_name", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloneWorkflowRequest: _TypeAlias = CloneWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class DryRunWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    STARTED_BY_FIELD_NUMBER: _builtins.int
+    started_by: _builtins.str
+    @_builtins.property
+    def definition(self) -> _workflow_pb2.WorkflowDefinition: ...
+    @_builtins.property
+    def input(self) -> _struct_pb2.Value: ...
+    def __init__(
+        self,
+        *,
+        definition: _workflow_pb2.WorkflowDefinition | None = ...,
+        input: _struct_pb2.Value | None = ...,
+        started_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "input", b"input", "started_by", b"started_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DryRunWorkflowRequest: _TypeAlias = DryRunWorkflowRequest  # noqa: Y015
+
+@_typing.final
 class ListWorkflowsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

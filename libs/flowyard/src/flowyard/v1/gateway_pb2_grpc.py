@@ -52,6 +52,21 @@ class WorkflowServiceStub:
                 request_serializer=flowyard_dot_v1_dot_gateway__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_gateway__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.SetWorkflowState = channel.unary_unary(
+                '/flowyard.v1.WorkflowService/SetWorkflowState',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.SetWorkflowStateRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_workflow__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.CloneWorkflow = channel.unary_unary(
+                '/flowyard.v1.WorkflowService/CloneWorkflow',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.CloneWorkflowRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_workflow__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.DryRunWorkflow = channel.unary_unary(
+                '/flowyard.v1.WorkflowService/DryRunWorkflow',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.DryRunWorkflowRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -77,6 +92,27 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWorkflowState(self, request, context):
+        """Pause or activate a workflow (paused and draft workflows start no runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloneWorkflow(self, request, context):
+        """Copy the latest version under a new name, as a draft.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DryRunWorkflow(self, request, context):
+        """Run a definition with sample trigger data without registering it (FEATURES D10).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +130,21 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=flowyard_dot_v1_dot_gateway__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_gateway__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'SetWorkflowState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWorkflowState,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.SetWorkflowStateRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_workflow__pb2.Workflow.SerializeToString,
+            ),
+            'CloneWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloneWorkflow,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.CloneWorkflowRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_workflow__pb2.Workflow.SerializeToString,
+            ),
+            'DryRunWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DryRunWorkflow,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.DryRunWorkflowRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +229,87 @@ class WorkflowService:
             '/flowyard.v1.WorkflowService/ListWorkflows',
             flowyard_dot_v1_dot_gateway__pb2.ListWorkflowsRequest.SerializeToString,
             flowyard_dot_v1_dot_gateway__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWorkflowState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.WorkflowService/SetWorkflowState',
+            flowyard_dot_v1_dot_gateway__pb2.SetWorkflowStateRequest.SerializeToString,
+            flowyard_dot_v1_dot_workflow__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloneWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.WorkflowService/CloneWorkflow',
+            flowyard_dot_v1_dot_gateway__pb2.CloneWorkflowRequest.SerializeToString,
+            flowyard_dot_v1_dot_workflow__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DryRunWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.WorkflowService/DryRunWorkflow',
+            flowyard_dot_v1_dot_gateway__pb2.DryRunWorkflowRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,12 @@ class WorkflowServiceStub:
     """Validate and store a definition as a new version (the first version is active)."""
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetWorkflowRequest, _workflow_pb2.Workflow]
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListWorkflowsRequest, _gateway_pb2.ListWorkflowsResponse]
+    SetWorkflowState: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetWorkflowStateRequest, _workflow_pb2.Workflow]
+    """Pause or activate a workflow (paused and draft workflows start no runs)."""
+    CloneWorkflow: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CloneWorkflowRequest, _workflow_pb2.Workflow]
+    """Copy the latest version under a new name, as a draft."""
+    DryRunWorkflow: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DryRunWorkflowRequest, _gateway_pb2.StartRunResponse]
+    """Run a definition with sample trigger data without registering it (FEATURES D10)."""
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -49,6 +55,12 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Validate and store a definition as a new version (the first version is active)."""
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetWorkflowRequest, _workflow_pb2.Workflow]  # type: ignore[assignment]
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListWorkflowsRequest, _gateway_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
+    SetWorkflowState: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetWorkflowStateRequest, _workflow_pb2.Workflow]  # type: ignore[assignment]
+    """Pause or activate a workflow (paused and draft workflows start no runs)."""
+    CloneWorkflow: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CloneWorkflowRequest, _workflow_pb2.Workflow]  # type: ignore[assignment]
+    """Copy the latest version under a new name, as a draft."""
+    DryRunWorkflow: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DryRunWorkflowRequest, _gateway_pb2.StartRunResponse]  # type: ignore[assignment]
+    """Run a definition with sample trigger data without registering it (FEATURES D10)."""
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """Register and read workflow definitions."""
@@ -74,6 +86,30 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListWorkflowsResponse, _abc.Awaitable[_gateway_pb2.ListWorkflowsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetWorkflowState(
+        self,
+        request: _gateway_pb2.SetWorkflowStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.Workflow, _abc.Awaitable[_workflow_pb2.Workflow]]:
+        """Pause or activate a workflow (paused and draft workflows start no runs)."""
+
+    @_abc_1.abstractmethod
+    def CloneWorkflow(
+        self,
+        request: _gateway_pb2.CloneWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.Workflow, _abc.Awaitable[_workflow_pb2.Workflow]]:
+        """Copy the latest version under a new name, as a draft."""
+
+    @_abc_1.abstractmethod
+    def DryRunWorkflow(
+        self,
+        request: _gateway_pb2.DryRunWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.StartRunResponse, _abc.Awaitable[_gateway_pb2.StartRunResponse]]:
+        """Run a definition with sample trigger data without registering it (FEATURES D10)."""
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

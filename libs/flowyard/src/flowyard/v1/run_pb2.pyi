@@ -151,6 +151,7 @@ class Attempt(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     number: _builtins.int
     executor_id: _builtins.str
     status: Global___TaskStatus.ValueType
@@ -166,6 +167,8 @@ class Attempt(_message.Message):
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
     def error(self) -> Global___TaskError: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -178,10 +181,11 @@ class Attempt(_message.Message):
         error: Global___TaskError | None = ...,
         executor_id: _builtins.str = ...,
         status: Global___TaskStatus.ValueType = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "input", b"input", "number", b"number", "output", b"output", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "input", b"input", "number", b"number", "output", b"output", "started_at", b"started_at", "status", b"status", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,11 +207,21 @@ class Task(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    EXECUTOR_ID_FIELD_NUMBER: _builtins.int
+    CHILD_RUN_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
     type: _builtins.str
     stage: _builtins.str
     status: Global___TaskStatus.ValueType
+    attempt: _builtins.int
+    """The attempt currently dispatched (0 = never dispatched)."""
+    executor_id: _builtins.str
+    child_run_id: _builtins.str
+    """Run-workflow nodes: the run they started."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -222,6 +236,14 @@ class Task(_message.Message):
     def error(self) -> Global___TaskError: ...
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings that did not fail the task (e.g. a query over its warning threshold)."""
+
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When a timer acts on this task next: a delay's scheduled resume, a retry's dispatch."""
+
     def __init__(
         self,
         *,
@@ -237,10 +259,15 @@ class Task(_message.Message):
         output: _struct_pb2.Value | None = ...,
         error: Global___TaskError | None = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+        executor_id: _builtins.str = ...,
+        child_run_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "duration", b"duration", "error", b"error", "finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "duration", b"duration", "error", b"error", "finished_at", b"finished_at", "input", b"input", "name", b"name", "node_id", b"node_id", "output", b"output", "stage", b"stage", "started_at", b"started_at", "status", b"status", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "child_run_id", b"child_run_id", "due_at", b"due_at", "duration", b"duration", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "input", b"input", "name", b"name", "node_id", b"node_id", "output", b"output", "stage", b"stage", "started_at", b"started_at", "status", b"status", "type", b"type", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +291,10 @@ class Run(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FAILED_NODE_ID_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow_id: _builtins.str
     workflow_name: _builtins.str
@@ -271,6 +302,11 @@ class Run(_message.Message):
     workflow_version: _builtins.int
     status: Global___RunStatus.ValueType
     failed_node_id: _builtins.str
+    test: _builtins.bool
+    """A dry run of a definition that is not (or not yet) registered (FEATURES D10)."""
+    parent_run_id: _builtins.str
+    """Set when a run-workflow node of another run started this run."""
+    parent_node_id: _builtins.str
     @_builtins.property
     def trigger(self) -> Global___TriggerInfo: ...
     @_builtins.property
@@ -286,6 +322,10 @@ class Run(_message.Message):
     @_builtins.property
     def error(self) -> Global___TaskError:
         """Set on failed runs: the error of the task that failed the run."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings of the run's tasks, as "node: message"."""
 
     def __init__(
         self,
@@ -304,10 +344,14 @@ class Run(_message.Message):
         tasks: _abc.Iterable[Global___Task] | None = ...,
         error: Global___TaskError | None = ...,
         failed_node_id: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        test: _builtins.bool = ...,
+        parent_run_id: _builtins.str = ...,
+        parent_node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration", b"duration", "error", b"error", "finished_at", b"finished_at", "started_at", b"started_at", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration", b"duration", "error", b"error", "failed_node_id", b"failed_node_id", "finished_at", b"finished_at", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "trigger", b"trigger", "workflow_id", b"workflow_id", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration", b"duration", "error", b"error", "failed_node_id", b"failed_node_id", "finished_at", b"finished_at", "parent_node_id", b"parent_node_id", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "test", b"test", "trigger", b"trigger", "warnings", b"warnings", "workflow_id", b"workflow_id", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -48,20 +48,28 @@ class RetryPolicy(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     INITIAL_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
     BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
     """Total attempts including the first; 0 or 1 means no retry."""
     initial_backoff_seconds: _builtins.float
     backoff_multiplier: _builtins.float
+    max_backoff_seconds: _builtins.float
+    """Upper bound of one wait; 0 = no bound."""
+    jitter: _builtins.float
+    """Random spread as a fraction of the wait (0.1 = +/-10%), so retries do not align."""
     def __init__(
         self,
         *,
         max_attempts: _builtins.int = ...,
         initial_backoff_seconds: _builtins.float = ...,
         backoff_multiplier: _builtins.float = ...,
+        max_backoff_seconds: _builtins.float = ...,
+        jitter: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff_seconds", b"initial_backoff_seconds", "max_attempts", b"max_attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff_seconds", b"initial_backoff_seconds", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff_seconds", b"max_backoff_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,21 +138,51 @@ class Edge(_message.Message):
 
     SOURCE_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     target: _builtins.str
+    when: _builtins.str
+    """On edges leaving a condition node: "true" or "false", the branch this edge belongs to."""
     def __init__(
         self,
         *,
         source: _builtins.str = ...,
         target: _builtins.str = ...,
+        when: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "target", b"target", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Edge: _TypeAlias = Edge  # noqa: Y015
+
+@_typing.final
+class Concurrency(_message.Message):
+    """How many runs of one workflow may be active at once (FEATURES D9)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RUNS_FIELD_NUMBER: _builtins.int
+    WHEN_FULL_FIELD_NUMBER: _builtins.int
+    max_runs: _builtins.int
+    """0 = unlimited."""
+    when_full: _builtins.str
+    """"queue" (default): extra runs wait as queued; "reject": extra runs fail at once."""
+    def __init__(
+        self,
+        *,
+        max_runs: _builtins.int = ...,
+        when_full: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_runs", b"max_runs", "when_full", b"when_full"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Concurrency: _TypeAlias = Concurrency  # noqa: Y015
 
 @_typing.final
 class WorkflowDefinition(_message.Message):
@@ -158,6 +196,8 @@ class WorkflowDefinition(_message.Message):
     NODES_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name; the workflow's stable identity for users."""
     type: _builtins.str
@@ -171,6 +211,12 @@ class WorkflowDefinition(_message.Message):
     def context(self) -> _struct_pb2.Struct:
         """Workflow-level context, visible to every node (FEATURES D4)."""
 
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Display order of the stages nodes name; when given, every node's stage must be one."""
+
+    @_builtins.property
+    def concurrency(self) -> Global___Concurrency: ...
     def __init__(
         self,
         *,
@@ -180,10 +226,12 @@ class WorkflowDefinition(_message.Message):
         nodes: _abc.Iterable[Global___Node] | None = ...,
         edges: _abc.Iterable[Global___Edge] | None = ...,
         context: _struct_pb2.Struct | None = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+        concurrency: Global___Concurrency | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "description", b"description", "edges", b"edges", "name", b"name", "nodes", b"nodes", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "context", b"context", "description", b"description", "edges", b"edges", "name", b"name", "nodes", b"nodes", "stages", b"stages", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
