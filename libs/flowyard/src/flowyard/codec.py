@@ -91,6 +91,11 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
         type=definition.type,
         description=definition.description,
         context=json_to_struct(definition.context),
+        stages=list(definition.stages),
+        concurrency=workflow_pb2.Concurrency(
+            max_runs=definition.concurrency.max_runs,
+            when_full=definition.concurrency.when_full.value,
+        ),
     )
     for node in definition.nodes:
         message.nodes.append(
@@ -107,12 +112,16 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
                     max_attempts=node.retry.max_attempts,
                     initial_backoff_seconds=node.retry.initial_backoff_seconds,
                     backoff_multiplier=node.retry.backoff_multiplier,
+                    max_backoff_seconds=node.retry.max_backoff_seconds,
+                    jitter=node.retry.jitter,
                 ),
                 non_cancellable=not node.cancellable,
             )
         )
     for edge in definition.edges:
-        message.edges.append(workflow_pb2.Edge(source=edge.source, target=edge.target))
+        message.edges.append(
+            workflow_pb2.Edge(source=edge.source, target=edge.target, when=edge.when)
+        )
     return message
 
 
@@ -136,6 +145,8 @@ def definition_from_proto(message: workflow_pb2.WorkflowDefinition) -> WorkflowD
                 "max_attempts": node.retry.max_attempts or 1,
                 "initial_backoff_seconds": node.retry.initial_backoff_seconds or 1.0,
                 "backoff_multiplier": node.retry.backoff_multiplier or 2.0,
+                "max_backoff_seconds": node.retry.max_backoff_seconds,
+                "jitter": node.retry.jitter,
             }
         nodes.append(raw)
     document: dict[str, JsonValue] = {
@@ -144,8 +155,18 @@ def definition_from_proto(message: workflow_pb2.WorkflowDefinition) -> WorkflowD
         "description": message.description,
         "context": struct_to_json(message.context),
         "nodes": nodes,
-        "edges": [{"from": e.source, "to": e.target} for e in message.edges],
+        "edges": [
+            {"from": e.source, "to": e.target, **({"when": e.when} if e.when else {})}
+            for e in message.edges
+        ],
     }
+    if message.stages:
+        document["stages"] = list(message.stages)
+    if message.HasField("concurrency") and message.concurrency.max_runs:
+        document["concurrency"] = {
+            "max_runs": message.concurrency.max_runs,
+            "when_full": message.concurrency.when_full or "queue",
+        }
     return parse_definition(document)
 
 
@@ -236,6 +257,7 @@ def attempt_to_proto(attempt: Attempt) -> run_pb2.Attempt:
         output=json_to_value(attempt.output),
         error=error_to_proto(attempt.error),
         executor_id=attempt.executor_id,
+        warnings=list(attempt.warnings),
     )
 
 
@@ -260,6 +282,10 @@ def run_to_proto(
         duration=_duration(run.started_at, run.finished_at),
         error=error_to_proto(run.error),
         failed_node_id=run.failed_node_id,
+        warnings=list(run.warnings),
+        test=run.test,
+        parent_run_id=run.parent.run_id if run.parent else "",
+        parent_node_id=run.parent.node_id if run.parent else "",
     )
     for node_id, task in run.tasks.items():
         node = definition.node(node_id) if definition else None
@@ -277,6 +303,11 @@ def run_to_proto(
             output=json_to_value(task.output),
             error=error_to_proto(task.error),
             attempts=[attempt_to_proto(a) for a in history],
+            warnings=list(task.warnings),
+            due_at=time_to_proto(task.due_at),
+            attempt=task.attempt,
+            executor_id=task.executor_id,
+            child_run_id=task.child_run_id,
         )
         if latest is not None:
             entry.input.CopyFrom(json_to_value(latest.input))

@@ -19,7 +19,7 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_CODE_MEMORY_MB | 512 | address-space limit of a code node's process |
 | FLOWYARD_CODE_CPU_SECONDS | 300 | CPU-time limit of a code node's process |
 | FLOWYARD_HEARTBEAT_SECONDS | 5 | how often an executor reports each running task as alive |
-| FLOWYARD_TASK_LEASE_SECONDS | 30 | a running task with no heartbeat for this long is re-dispatched |
+| FLOWYARD_TASK_LEASE_SECONDS | 30 | a running task silent this long is re-dispatched |
 | FLOWYARD_TIMER_POLL_SECONDS | 0.5 | how often the scheduler looks for due timers |
 | FLOWYARD_SMTP_HOST | 127.0.0.1 | SMTP server for email nodes (and, later, alerts) |
 | FLOWYARD_SMTP_PORT | 25 | SMTP port |

@@ -87,6 +87,23 @@ class ServiceMetrics:
             ["method", "code"],
             registry=registry,
         )
+        self.timers_fired = Counter(
+            "flowyard_timers_fired_total",
+            "Durable timers that came due (retry, wait, lease, deadline)",
+            ["kind"],
+            registry=registry,
+        )
+        self.attempts_lost = Counter(
+            "flowyard_attempts_lost_total",
+            "Attempts re-dispatched because their executor stopped sending heartbeats",
+            registry=registry,
+        )
+        self.runs_not_started = Counter(
+            "flowyard_runs_not_started_total",
+            "Start requests turned down, by workflow and reason (paused, draft, concurrency)",
+            ["workflow", "reason"],
+            registry=registry,
+        )
 
 
 @dataclass

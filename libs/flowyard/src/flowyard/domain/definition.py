@@ -6,23 +6,60 @@ edge or field it is about, so a user fixes a definition in one pass.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from flowyard.domain import expressions, node_config
 from flowyard.domain.json import JsonObject, JsonValue
 from flowyard.errors import DefinitionError, Problem
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+CLONE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
 MAX_NODES = 500
+WAIT_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 
 
 class NodeType(StrEnum):
     TRIGGER = "trigger"
     CODE = "code"
+    HTTP = "http"
+    EMAIL = "email"
+    SLACK = "slack"
+    TRANSFORM = "transform"
+    WAIT = "wait"
+    CONDITION = "condition"
+    APPROVAL = "approval"
+    QUERY = "query"
+    RUN_WORKFLOW = "run_workflow"
+
+    @property
+    def runs_on_executor(self) -> bool:
+        """Actions that do I/O run on executors; the rest the scheduler decides itself."""
+        return self in _EXECUTOR_TYPES
+
+
+_EXECUTOR_TYPES = frozenset(
+    {NodeType.CODE, NodeType.HTTP, NodeType.EMAIL, NodeType.SLACK, NodeType.QUERY}
+)
+
+
+class WhenFull(StrEnum):
+    QUEUE = "queue"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """At most ``max_runs`` active runs of a workflow (0 = unlimited)."""
+
+    max_runs: int = 0
+    when_full: WhenFull = WhenFull.QUEUE
 
 
 @dataclass(frozen=True)
@@ -30,12 +67,25 @@ class RetryPolicy:
     max_attempts: int = 1
     initial_backoff_seconds: float = 1.0
     backoff_multiplier: float = 2.0
+    max_backoff_seconds: float = 0.0
+    jitter: float = 0.0
 
-    def backoff_before(self, attempt: int) -> float:
-        """Seconds to wait before ``attempt`` (attempt 1 never waits)."""
+    def backoff_before(self, attempt: int, salt: str = "") -> float:
+        """Seconds to wait before ``attempt`` (attempt 1 never waits).
+
+        Jitter is derived from ``salt`` (run and node) instead of a random generator, so
+        the engine stays deterministic: the same event always yields the same decision.
+        """
         if attempt <= 1:
             return 0.0
-        return self.initial_backoff_seconds * self.backoff_multiplier ** (attempt - 2)
+        wait = self.initial_backoff_seconds * self.backoff_multiplier ** (attempt - 2)
+        if self.max_backoff_seconds > 0:
+            wait = min(wait, self.max_backoff_seconds)
+        if self.jitter > 0:
+            digest = hashlib.sha256(f"{salt}:{attempt}".encode()).digest()
+            spread = int.from_bytes(digest[:4], "big") / 0xFFFFFFFF * 2 - 1  # [-1, 1]
+            wait *= 1 + self.jitter * spread
+        return max(0.0, wait)
 
 
 @dataclass(frozen=True)
@@ -60,6 +110,8 @@ class Node:
 class Edge:
     source: str
     target: str
+    # Edges leaving a condition node: "true" or "false"; empty everywhere else.
+    when: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +122,8 @@ class WorkflowDefinition:
     type: str = ""
     description: str = ""
     context: JsonObject = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
+    concurrency: Concurrency = Concurrency()
 
     def node(self, node_id: str) -> Node:
         for node in self.nodes:
@@ -86,6 +140,14 @@ class WorkflowDefinition:
 
     def children(self, node_id: str) -> tuple[str, ...]:
         return tuple(e.target for e in self.edges if e.source == node_id)
+
+    def incoming(self, node_id: str) -> tuple[Edge, ...]:
+        return tuple(e for e in self.edges if e.target == node_id)
+
+    def sinks(self) -> tuple[str, ...]:
+        """Nodes nothing follows: their outputs are the run's output."""
+        sources = {e.source for e in self.edges}
+        return tuple(n.id for n in self.nodes if n.id not in sources)
 
     def ancestors(self, node_id: str) -> frozenset[str]:
         seen: set[str] = set()
@@ -132,7 +194,7 @@ def parse_definition(document: Mapping[str, Any]) -> WorkflowDefinition:
     problems: list[Problem] = []
     if not isinstance(document, Mapping):
         raise DefinitionError([Problem("document", "must be a mapping with name, nodes, edges")])
-    allowed = {"name", "type", "description", "nodes", "edges", "context"}
+    allowed = {"name", "type", "description", "nodes", "edges", "context", "stages", "concurrency"}
     for key in sorted(set(document) - allowed):
         problems.append(Problem(str(key), f"unknown field (allowed: {', '.join(sorted(allowed))})"))
     nodes: list[Node] = []
@@ -158,11 +220,23 @@ def parse_definition(document: Mapping[str, Any]) -> WorkflowDefinition:
         if not isinstance(source, str) or not isinstance(target, str):
             problems.append(Problem(f"edges[{index}]", "needs string 'from' and 'to' node ids"))
             continue
-        edges.append(Edge(source, target))
+        when = raw.get("when", "")
+        if isinstance(when, bool):
+            when = "true" if when else "false"
+        if when not in ("", "true", "false"):
+            problems.append(
+                Problem(f"edge {source}->{target}", f"'when' must be true or false, not {when!r}")
+            )
+            when = ""
+        edges.append(Edge(source, target, str(when)))
     context = document.get("context") or {}
     if not isinstance(context, Mapping):
         problems.append(Problem("context", "must be a mapping"))
         context = {}
+    stages = document.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(x, str) and x for x in stages):
+        problems.append(Problem("stages", "must be a list of stage names"))
+        stages = []
     definition = WorkflowDefinition(
         name=str(document.get("name", "")),
         type=str(document.get("type", "") or ""),
@@ -170,11 +244,33 @@ def parse_definition(document: Mapping[str, Any]) -> WorkflowDefinition:
         nodes=tuple(nodes),
         edges=tuple(edges),
         context=dict(context),
+        stages=tuple(stages),
+        concurrency=_parse_concurrency(document.get("concurrency"), problems),
     )
     problems.extend(find_problems(definition))
     if problems:
         raise DefinitionError(problems)
     return definition
+
+
+def _parse_concurrency(raw: object, problems: list[Problem]) -> Concurrency:
+    if raw is None:
+        return Concurrency()
+    if not isinstance(raw, Mapping):
+        problems.append(Problem("concurrency", "must be a mapping with max_runs and when_full"))
+        return Concurrency()
+    for key in sorted(set(raw) - {"max_runs", "when_full"}):
+        problems.append(Problem("concurrency", f"unknown field {key!r}"))
+    max_runs = raw.get("max_runs", 0)
+    if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 0:
+        problems.append(Problem("concurrency.max_runs", "must be a whole number >= 0"))
+        max_runs = 0
+    try:
+        when_full = WhenFull(str(raw.get("when_full") or "queue"))
+    except ValueError:
+        problems.append(Problem("concurrency.when_full", "must be 'queue' or 'reject'"))
+        when_full = WhenFull.QUEUE
+    return Concurrency(max_runs, when_full)
 
 
 def _parse_node(index: int, raw: object, problems: list[Problem]) -> Node | None:
@@ -216,6 +312,8 @@ def _parse_node(index: int, raw: object, problems: list[Problem]) -> Node | None
                     max_attempts=int(retry_raw.get("max_attempts", 1)),
                     initial_backoff_seconds=float(retry_raw.get("initial_backoff_seconds", 1.0)),
                     backoff_multiplier=float(retry_raw.get("backoff_multiplier", 2.0)),
+                    max_backoff_seconds=float(retry_raw.get("max_backoff_seconds", 0.0)),
+                    jitter=float(retry_raw.get("jitter", 0.0)),
                 )
             except (TypeError, ValueError):
                 problems.append(Problem(where, "'retry' values must be numbers"))
@@ -263,6 +361,16 @@ def find_problems(definition: WorkflowDefinition) -> list[Problem]:
             problems.append(Problem(where, "retry.max_attempts must be between 1 and 100"))
         if node.retry.initial_backoff_seconds < 0 or node.retry.backoff_multiplier < 1:
             problems.append(Problem(where, "retry backoff must be >= 0 s with a multiplier >= 1"))
+        if node.retry.max_backoff_seconds < 0 or not 0 <= node.retry.jitter <= 1:
+            problems.append(
+                Problem(where, "retry.max_backoff_seconds must be >= 0 and jitter within 0..1")
+            )
+        if definition.stages and node.stage and node.stage not in definition.stages:
+            problems.append(
+                Problem(
+                    where, f"stage {node.stage!r} is not one of stages {list(definition.stages)}"
+                )
+            )
         problems.extend(_config_problems(node))
     triggers = [n.id for n in definition.nodes if n.type is NodeType.TRIGGER]
     if not triggers:
@@ -284,6 +392,7 @@ def find_problems(definition: WorkflowDefinition) -> list[Problem]:
         seen_edges.add(edge)
         if edge.target in triggers:
             problems.append(Problem(where, "the trigger node cannot have incoming edges"))
+    problems.extend(_branch_problems(definition, ids))
     if problems:
         return problems
     if _topological_order(definition.nodes, definition.edges) is None:
@@ -320,17 +429,99 @@ def _cycle(definition: WorkflowDefinition) -> str:
     return "?"
 
 
+def _branch_problems(definition: WorkflowDefinition, ids: set[str]) -> list[Problem]:
+    """Condition nodes lead on through edges marked true/false; nothing else may."""
+    problems: list[Problem] = []
+    types = {n.id: n.type for n in definition.nodes}
+    for edge in definition.edges:
+        where = f"edge {edge.source}->{edge.target}"
+        is_condition = types.get(edge.source) is NodeType.CONDITION
+        if is_condition and not edge.when:
+            problems.append(Problem(where, "edges leaving a condition need when: true or false"))
+        if edge.when and edge.source in ids and not is_condition:
+            problems.append(Problem(where, "only edges leaving a condition node take 'when'"))
+    for node in definition.nodes:
+        if node.type is NodeType.CONDITION and not definition.children(node.id):
+            problems.append(Problem(f"node {node.id!r}", "a condition needs outgoing edges"))
+    return problems
+
+
 def _config_problems(node: Node) -> list[Problem]:
     where = f"node {node.id!r}"
+    config = node.config
+    messages: list[str] = []
     if node.type is NodeType.CODE:
-        source = node.config.get("source")
+        source = config.get("source")
         if not isinstance(source, str) or not source.strip():
             return [Problem(where, "a code node needs config.source (Python code)")]
         try:
             compile(source, f"<node {node.id}>", "exec")
         except SyntaxError as exc:
             return [Problem(where, f"Python syntax error at line {exc.lineno}: {exc.msg}")]
+    elif node.type is NodeType.CONDITION:
+        expression = config.get("expression")
+        if not isinstance(expression, str) or not expression.strip():
+            messages.append("a condition needs config.expression")
+        elif (problem := expressions.expression_problem(expression)) is not None:
+            messages.append(f"config.expression: {problem}")
+    elif node.type is NodeType.TRANSFORM:
+        if "output" not in config:
+            messages.append("a transform needs config.output (a mapping of expressions)")
+        else:
+            messages.extend(
+                f"config.output.{p}" for p in expressions.mapping_problems(config["output"])
+            )
+    elif node.type is NodeType.WAIT:
+        messages.extend(_wait_problems(config))
+    elif node.type is NodeType.RUN_WORKFLOW:
+        workflow = config.get("workflow")
+        if not isinstance(workflow, str) or not workflow:
+            messages.append("a run_workflow node needs config.workflow (a workflow name)")
+        if not isinstance(config.get("wait", True), bool):
+            messages.append("config.wait must be true or false")
+        messages.extend(
+            f"config.input: {p}" for p in expressions.template_problems(config.get("input"))
+        )
+    elif node.type is NodeType.APPROVAL:
+        approvers = config.get("approvers", [])
+        if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+            messages.append("config.approvers must be a list of user names")
+    else:
+        messages.extend(node_config.config_problems(node.type.value, config))
+        if node.type.runs_on_executor:
+            messages.extend(f"config: {p}" for p in expressions.template_problems(dict(config)))
+    return [Problem(where, m) for m in messages]
+
+
+def _wait_problems(config: JsonObject) -> list[str]:
+    given = [u for u in (*WAIT_UNITS, "until") if u in config]
+    if len(given) != 1:
+        units = ", ".join(WAIT_UNITS)
+        return [f"a wait needs exactly one of config.{{{units}, until}}"]
+    key = given[0]
+    value = config[key]
+    if key == "until":
+        if not isinstance(value, str):
+            return ["config.until must be an ISO 8601 time or a {{ template }}"]
+        if "{{" in value:
+            return [f"config.until: {p}" for p in expressions.template_problems(value)]
+        if parse_time(value) is None:
+            return [f"config.until {value!r} is not an ISO 8601 time with a time zone"]
+        return []
+    if isinstance(value, str) and "{{" in value:
+        return [f"config.{key}: {p}" for p in expressions.template_problems(value)]
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return [f"config.{key} must be a number >= 0"]
     return []
+
+
+def parse_time(text: str) -> datetime | None:
+    """An ISO 8601 time that names its offset, or None (naive times are ambiguous)."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def definition_to_document(definition: WorkflowDefinition) -> dict[str, JsonValue]:
@@ -351,12 +542,17 @@ def definition_to_document(definition: WorkflowDefinition) -> dict[str, JsonValu
                     "max_attempts": n.retry.max_attempts,
                     "initial_backoff_seconds": n.retry.initial_backoff_seconds,
                     "backoff_multiplier": n.retry.backoff_multiplier,
+                    "max_backoff_seconds": n.retry.max_backoff_seconds,
+                    "jitter": n.retry.jitter,
                 },
                 "cancellable": n.cancellable,
             }
         )
-    edges: list[JsonValue] = [{"from": e.source, "to": e.target} for e in definition.edges]
-    return {
+    edges: list[JsonValue] = [
+        {"from": e.source, "to": e.target, **({"when": e.when} if e.when else {})}
+        for e in definition.edges
+    ]
+    document: dict[str, JsonValue] = {
         "name": definition.name,
         "type": definition.type,
         "description": definition.description,
@@ -364,3 +560,11 @@ def definition_to_document(definition: WorkflowDefinition) -> dict[str, JsonValu
         "nodes": nodes,
         "edges": edges,
     }
+    if definition.stages:
+        document["stages"] = list(definition.stages)
+    if definition.concurrency.max_runs:
+        document["concurrency"] = {
+            "max_runs": definition.concurrency.max_runs,
+            "when_full": definition.concurrency.when_full.value,
+        }
+    return document

@@ -1,18 +1,27 @@
 """How a run advances: pure functions from (run, definition, event) to (run, effects).
 
-The scheduler feeds events in and carries the effects out (Kafka messages); it never
-decides anything itself. Each function is idempotent: an event for an attempt that is
-not the current one, or for a task already finished, changes nothing.
+The scheduler feeds events in and carries the effects out (Kafka messages, timers in the
+store); it never decides anything itself. Each function is idempotent: an event for an
+attempt that is not the current one, or for a task already finished, changes nothing.
+
+Readiness follows the edges: a node starts when every parent has finished and at least
+one incoming edge is live (its parent succeeded and, for a condition, the edge belongs
+to the branch taken). A node whose incoming edges are all dead is ``skipped``, and so,
+in turn, is everything reachable only through it. A failed parent blocks its children;
+the run fails once nothing is in flight any more.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from flowyard.domain.definition import Node, WorkflowDefinition
-from flowyard.domain.json import JsonValue
+from flowyard.domain import inline
+from flowyard.domain.definition import Edge, Node, NodeType, WorkflowDefinition
+from flowyard.domain.json import JsonObject, JsonValue
 from flowyard.domain.run import (
+    ParentLink,
     RunState,
     RunStatus,
     TaskError,
@@ -22,6 +31,26 @@ from flowyard.domain.run import (
     transition_run,
     transition_task,
 )
+
+# A task whose executors keep dying (say, it kills them) fails after this many losses.
+MAX_LOST_ATTEMPTS = 3
+
+
+class TimerKind(StrEnum):
+    RETRY = "retry"
+    WAIT = "wait"
+    LEASE = "lease"
+    DEADLINE = "deadline"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Durations the engine needs to place timers."""
+
+    lease: timedelta = timedelta(seconds=30)
+    # Executors enforce a node's timeout themselves; the scheduler's deadline is the
+    # backstop for an executor that cannot, so it waits a little longer.
+    deadline_grace: timedelta = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -45,7 +74,47 @@ class TaskStatusChanged:
     attempt: int
 
 
-Effect = DispatchTask | RunStatusChanged | TaskStatusChanged
+@dataclass(frozen=True)
+class ScheduleTimer:
+    node_id: str
+    attempt: int
+    kind: TimerKind
+    due_at: datetime
+    # Re-sent after a redelivery: do not move a timer that exists already.
+    keep_existing: bool = False
+
+
+@dataclass(frozen=True)
+class CancelTimers:
+    """Drop the timers of one task, or of the whole run when ``node_id`` is empty."""
+
+    node_id: str = ""
+
+
+@dataclass(frozen=True)
+class StartChildRun:
+    child: inline.ChildRun
+    parent: ParentLink
+
+
+@dataclass(frozen=True)
+class NotifyParent:
+    parent: ParentLink
+    child_run_id: str
+    status: RunStatus
+    output: JsonValue
+    error: TaskError | None
+
+
+Effect = (
+    DispatchTask
+    | RunStatusChanged
+    | TaskStatusChanged
+    | ScheduleTimer
+    | CancelTimers
+    | StartChildRun
+    | NotifyParent
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +134,9 @@ def new_run(
     definition: WorkflowDefinition,
     trigger: TriggerInfo,
     now: datetime,
+    *,
+    test: bool = False,
+    parent: ParentLink | None = None,
 ) -> RunState:
     """A queued run with one pending task per node."""
     return RunState(
@@ -77,6 +149,8 @@ def new_run(
         trigger=trigger,
         created_at=now,
         tasks={node_id: TaskState(node_id) for node_id in definition.topological_order()},
+        test=test,
+        parent=parent,
     )
 
 
@@ -94,14 +168,43 @@ def start(run: RunState, definition: WorkflowDefinition, now: datetime) -> Decis
     return _advance(run, definition, now, effects)
 
 
-def task_started(run: RunState, node_id: str, attempt: int, now: datetime) -> Decision:
+def reject(run: RunState, error: TaskError, now: datetime) -> Decision:
+    """A queued run that may not start (workflow not active, concurrency full) fails."""
+    if run.status is not RunStatus.QUEUED:
+        return Decision(run)
+    run = replace(transition_run(run, RunStatus.FAILED, now), error=error)
+    effects: list[Effect] = [RunStatusChanged(RunStatus.QUEUED, RunStatus.FAILED)]
+    if run.parent is not None and run.parent.wait:
+        effects.append(NotifyParent(run.parent, run.run_id, run.status, None, error))
+    return Decision(run, tuple(effects))
+
+
+def task_started(
+    run: RunState,
+    definition: WorkflowDefinition,
+    node_id: str,
+    attempt: int,
+    executor_id: str,
+    now: datetime,
+    timing: Timing,
+) -> Decision:
     task = run.tasks.get(node_id)
-    if task is None or task.attempt != attempt or task.status is not TaskStatus.PENDING:
+    if task is None or task.attempt != attempt or run.status.finished:
         return Decision(run)
-    if run.status.finished:
+    node = definition.node(node_id)
+    lease = ScheduleTimer(node_id, attempt, TimerKind.LEASE, now + timing.lease)
+    if task.status is TaskStatus.RUNNING and executor_id and executor_id != task.executor_id:
+        # Another executor took the attempt over from one that died.
+        return Decision(_with_task(run, replace(task, executor_id=executor_id)), (lease,))
+    if not task.dispatched:
         return Decision(run)
-    run = _with_task(run, transition_task(task, TaskStatus.RUNNING, now))
-    return Decision(run, (TaskStatusChanged(node_id, TaskStatus.RUNNING, attempt),))
+    running = replace(transition_task(task, TaskStatus.RUNNING, now), executor_id=executor_id)
+    effects: list[Effect] = [TaskStatusChanged(node_id, TaskStatus.RUNNING, attempt), lease]
+    if node.timeout_seconds:
+        deadline = now + timedelta(seconds=node.timeout_seconds) + timing.deadline_grace
+        effects.append(ScheduleTimer(node_id, attempt, TimerKind.DEADLINE, deadline))
+    run = _with_task(run, running)
+    return Decision(_settle(run, definition, now, effects), tuple(effects))
 
 
 def task_succeeded(
@@ -111,13 +214,23 @@ def task_succeeded(
     attempt: int,
     output: JsonValue,
     now: datetime,
+    warnings: tuple[str, ...] = (),
 ) -> Decision:
     task = run.tasks.get(node_id)
-    if task is None or task.attempt != attempt or task.status.finished:
+    if task is None or task.attempt != attempt or not task.in_flight:
         return Decision(run)
-    done = replace(transition_task(task, TaskStatus.SUCCEEDED, now), output=output, error=None)
+    done = replace(
+        transition_task(task, TaskStatus.SUCCEEDED, now),
+        output=output,
+        error=None,
+        warnings=warnings,
+        due_at=None,
+    )
     run = _with_task(run, done)
-    effects: list[Effect] = [TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt)]
+    effects: list[Effect] = [
+        TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt),
+        CancelTimers(node_id),
+    ]
     return _advance(run, definition, now, effects)
 
 
@@ -130,45 +243,150 @@ def task_failed(
     now: datetime,
 ) -> Decision:
     task = run.tasks.get(node_id)
-    if task is None or task.attempt != attempt or task.status.finished:
+    if task is None or task.attempt != attempt or not task.in_flight:
         return Decision(run)
-    node = definition.node(node_id)
-    if attempt < node.retry.max_attempts and not run.status.finished:
-        # The failed attempt is recorded by the executor; the task goes on with the next.
-        next_attempt = attempt + 1
-        delay = timedelta(seconds=node.retry.backoff_before(next_attempt))
-        retried = replace(task, status=TaskStatus.PENDING, attempt=next_attempt, error=error)
-        run = _with_task(run, retried)
-        dispatch = DispatchTask(node, next_attempt, task_input(run, definition, node), now + delay)
-        return Decision(
-            run, (TaskStatusChanged(node_id, TaskStatus.PENDING, next_attempt), dispatch)
-        )
-    failed = replace(transition_task(task, TaskStatus.FAILED, now), error=error)
-    run = _with_task(run, failed)
-    if not run.error:
-        run = replace(run, error=error, failed_node_id=node_id)
-    effects: list[Effect] = [TaskStatusChanged(node_id, TaskStatus.FAILED, attempt)]
+    effects: list[Effect] = [CancelTimers(node_id)]
+    run = _fail_attempt(run, definition, task, error, now, effects)
     return _advance(run, definition, now, effects)
 
 
-def redispatch_in_flight(run: RunState, definition: WorkflowDefinition) -> tuple[Effect, ...]:
-    """Dispatches for tasks sent but not yet started.
+def timer_fired(
+    run: RunState,
+    definition: WorkflowDefinition,
+    node_id: str,
+    attempt: int,
+    kind: TimerKind,
+    now: datetime,
+) -> Decision:
+    """A stored timer came due; stale timers (the task moved on) change nothing."""
+    task = run.tasks.get(node_id)
+    if task is None or task.attempt != attempt or run.status.finished:
+        return Decision(run)
+    node = definition.node(node_id)
+    effects: list[Effect] = []
+    if kind is TimerKind.RETRY and task.retry_scheduled:
+        run = _with_task(run, replace(task, due_at=None))
+        effects.append(DispatchTask(node, attempt, task_input(run, definition, node)))
+        return Decision(run, tuple(effects))
+    if kind is TimerKind.WAIT and task.status is TaskStatus.WAITING and node.type is NodeType.WAIT:
+        done = replace(
+            transition_task(task, TaskStatus.SUCCEEDED, now),
+            output=inline.resumed(task.due_at, now),
+        )
+        run = _with_task(run, done)
+        effects.append(TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt))
+        return _advance(run, definition, now, effects)
+    if task.status is not TaskStatus.RUNNING or not node.type.runs_on_executor:
+        return Decision(run)
+    if kind is TimerKind.LEASE:
+        run = _lose_attempt(run, definition, task, now, effects)
+    elif kind is TimerKind.DEADLINE:
+        error = TaskError(
+            "task.timeout", f"attempt {attempt} gave no result within {node.timeout_seconds} s"
+        )
+        effects.append(CancelTimers(node_id))
+        run = _fail_attempt(run, definition, task, error, now, effects)
+    else:
+        return Decision(run)
+    return _advance(run, definition, now, effects)
 
-    Used when an event turns out to be a redelivery: the earlier delivery may have stored
-    the state and died before its dispatches reached Kafka. Executors drop duplicates.
+
+def approval_decided(
+    run: RunState,
+    definition: WorkflowDefinition,
+    node_id: str,
+    approved: bool,
+    decided_by: str,
+    comment: str,
+    now: datetime,
+) -> Decision:
+    task = run.tasks.get(node_id)
+    if task is None or task.status is not TaskStatus.WAITING or run.status.finished:
+        return Decision(run)
+    if definition.node(node_id).type is not NodeType.APPROVAL:
+        return Decision(run)
+    output = inline.decision_output(approved, decided_by, comment, now)
+    effects: list[Effect] = []
+    if approved:
+        done = replace(transition_task(task, TaskStatus.SUCCEEDED, now), output=output)
+        run = _with_task(run, done)
+        effects.append(TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, task.attempt))
+    else:
+        reason = f"rejected by {decided_by or 'unknown'}" + (f": {comment}" if comment else "")
+        run = _fail_task(run, task, TaskError("approval.rejected", reason), now, effects, output)
+    return _advance(run, definition, now, effects)
+
+
+def child_run_finished(
+    run: RunState,
+    definition: WorkflowDefinition,
+    node_id: str,
+    attempt: int,
+    child_run_id: str,
+    status: RunStatus,
+    output: JsonValue,
+    error: TaskError | None,
+    now: datetime,
+) -> Decision:
+    task = run.tasks.get(node_id)
+    if (
+        task is None
+        or task.attempt != attempt
+        or task.status is not TaskStatus.RUNNING
+        or task.child_run_id != child_run_id
+    ):
+        return Decision(run)
+    result: JsonObject = {"run_id": child_run_id, "status": status.value, "output": output}
+    effects: list[Effect] = []
+    if status is RunStatus.SUCCEEDED:
+        done = replace(transition_task(task, TaskStatus.SUCCEEDED, now), output=result)
+        run = _with_task(run, done)
+        effects.append(TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt))
+    else:
+        workflow = definition.node(node_id).config.get("workflow", "")
+        detail = f": {error.message}" if error else ""
+        failure = TaskError(
+            f"workflow.child_{status.value}",
+            f"run {child_run_id} of workflow {workflow!r} {status.value}{detail}",
+        )
+        run = _fail_task(run, task, failure, now, effects, result)
+    return _advance(run, definition, now, effects)
+
+
+def resend_effects(
+    run: RunState, definition: WorkflowDefinition, now: datetime, timing: Timing
+) -> tuple[Effect, ...]:
+    """What the run waits for, sent again after a redelivered event.
+
+    The earlier delivery may have stored the state and died before its effects left.
+    Every receiver tolerates duplicates: executors claim attempts, timers already
+    stored are kept, child runs have derived ids, parents ignore stale news.
     """
     if run.status.finished:
-        return ()
-    return tuple(
-        DispatchTask(definition.node(t.node_id), t.attempt, task_input(run, definition, t.node_id))
-        for t in run.tasks.values()
-        if t.status is TaskStatus.PENDING and t.dispatched
-    )
+        if run.parent is None or not run.parent.wait:
+            return ()
+        return (_notify_parent(run, definition, run.parent),)
+    effects: list[Effect] = []
+    for task in run.tasks.values():
+        node = definition.node(task.node_id)
+        n = task.attempt
+        if task.dispatched:
+            effects.append(DispatchTask(node, n, task_input(run, definition, node)))
+        elif task.retry_scheduled and task.due_at is not None:
+            effects.append(ScheduleTimer(node.id, n, TimerKind.RETRY, task.due_at, True))
+        elif task.status is TaskStatus.WAITING and task.due_at is not None:
+            effects.append(ScheduleTimer(node.id, n, TimerKind.WAIT, task.due_at, True))
+        elif task.status is TaskStatus.RUNNING and node.type.runs_on_executor:
+            effects.append(ScheduleTimer(node.id, n, TimerKind.LEASE, now + timing.lease, True))
+        elif task.status is TaskStatus.RUNNING and node.type is NodeType.RUN_WORKFLOW:
+            child = inline.child_run(run.run_id, node, n, task_input(run, definition, node))
+            if isinstance(child, inline.ChildRun):
+                link = ParentLink(run.run_id, node.id, n, wait=True)
+                effects.append(StartChildRun(child, link))
+    return tuple(effects)
 
 
-def task_input(
-    run: RunState, definition: WorkflowDefinition, node: Node | str
-) -> dict[str, JsonValue]:
+def task_input(run: RunState, definition: WorkflowDefinition, node: Node | str) -> JsonObject:
     """What a node sees: trigger data, both contexts, and every upstream node's output."""
     if isinstance(node, str):
         node = definition.node(node)
@@ -185,49 +403,220 @@ def task_input(
     }
 
 
+def run_output(run: RunState, definition: WorkflowDefinition) -> JsonObject:
+    """A finished run's result: the outputs of its final (sink) tasks that succeeded."""
+    return {
+        node_id: run.tasks[node_id].output
+        for node_id in definition.sinks()
+        if run.tasks[node_id].status is TaskStatus.SUCCEEDED
+    }
+
+
+# --- internals -------------------------------------------------------------------------
+
+
+def _fail_attempt(
+    run: RunState,
+    definition: WorkflowDefinition,
+    task: TaskState,
+    error: TaskError,
+    now: datetime,
+    effects: list[Effect],
+) -> RunState:
+    """A failed attempt: retry under the node's policy, or fail the task."""
+    node = definition.node(task.node_id)
+    used = task.attempt - task.lost_attempts
+    if used >= node.retry.max_attempts or run.status.finished:
+        return _fail_task(run, task, error, now, effects)
+    next_attempt = task.attempt + 1
+    delay = node.retry.backoff_before(used + 1, salt=f"{run.run_id}/{node.id}")
+    due = now + timedelta(seconds=delay) if delay > 0 else None
+    retried = replace(
+        task, status=TaskStatus.PENDING, attempt=next_attempt, error=error, due_at=due
+    )
+    run = _with_task(run, retried)
+    effects.append(TaskStatusChanged(node.id, TaskStatus.PENDING, next_attempt))
+    if due is None:
+        effects.append(DispatchTask(node, next_attempt, task_input(run, definition, node)))
+    else:
+        effects.append(ScheduleTimer(node.id, next_attempt, TimerKind.RETRY, due))
+    return run
+
+
+def _lose_attempt(
+    run: RunState,
+    definition: WorkflowDefinition,
+    task: TaskState,
+    now: datetime,
+    effects: list[Effect],
+) -> RunState:
+    """The executor running ``task`` stopped sending heartbeats: run it elsewhere."""
+    node = definition.node(task.node_id)
+    who = task.executor_id or "unknown"
+    effects.append(CancelTimers(node.id))
+    if task.lost_attempts >= MAX_LOST_ATTEMPTS:
+        error = TaskError(
+            "executor.lost",
+            f"executor {who} stopped responding; {task.lost_attempts + 1} attempts were lost",
+        )
+        return _fail_task(run, task, error, now, effects)
+    error = TaskError("executor.lost", f"executor {who} stopped responding; re-dispatched")
+    next_attempt = task.attempt + 1
+    moved = replace(
+        task,
+        status=TaskStatus.PENDING,
+        attempt=next_attempt,
+        error=error,
+        executor_id="",
+        lost_attempts=task.lost_attempts + 1,
+    )
+    run = _with_task(run, moved)
+    effects.append(TaskStatusChanged(node.id, TaskStatus.PENDING, next_attempt))
+    effects.append(DispatchTask(node, next_attempt, task_input(run, definition, node)))
+    return run
+
+
+def _fail_task(
+    run: RunState,
+    task: TaskState,
+    error: TaskError,
+    now: datetime,
+    effects: list[Effect],
+    output: JsonValue = None,
+) -> RunState:
+    failed = replace(
+        transition_task(task, TaskStatus.FAILED, now), error=error, output=output, due_at=None
+    )
+    run = _with_task(run, failed)
+    if not run.error:
+        run = replace(run, error=error, failed_node_id=task.node_id)
+    effects.append(TaskStatusChanged(task.node_id, TaskStatus.FAILED, task.attempt))
+    return run
+
+
+def _edge_live(edge: Edge, parent: TaskState) -> bool:
+    if parent.status is not TaskStatus.SUCCEEDED:
+        return False
+    if not edge.when:
+        return True
+    output = parent.output
+    return isinstance(output, dict) and output.get("branch") == edge.when
+
+
 def _advance(
     run: RunState, definition: WorkflowDefinition, now: datetime, effects: list[Effect]
 ) -> Decision:
-    """Dispatch every task whose parents are done, then settle the run's status."""
-    if not run.status.finished:
+    """Start every node whose parents are done, then settle the run's status."""
+    if run.status in (RunStatus.RUNNING, RunStatus.WAITING):
+        # Topological order: a condition settled inline is seen by its children below.
         for node_id in definition.topological_order():
             task = run.tasks[node_id]
-            if task.status is not TaskStatus.PENDING or task.dispatched:
+            edges = definition.incoming(node_id)
+            if task.status is not TaskStatus.PENDING or task.attempt or not edges:
                 continue
-            parents = [run.tasks[p] for p in definition.parents(node_id)]
-            if not all(p.status.finished for p in parents):
+            parents = {e.source: run.tasks[e.source] for e in edges}
+            if not all(p.status.finished for p in parents.values()):
                 continue
-            if any(p.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) for p in parents):
+            if any(p.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) for p in parents.values()):
                 continue
-            node = definition.node(node_id)
-            if parents and all(p.status is TaskStatus.SKIPPED for p in parents):
-                skipped = transition_task(task, TaskStatus.SKIPPED, now)
-                run = _with_task(run, skipped)
+            if not any(_edge_live(e, parents[e.source]) for e in edges):
+                run = _with_task(run, transition_task(task, TaskStatus.SKIPPED, now))
                 effects.append(TaskStatusChanged(node_id, TaskStatus.SKIPPED, 0))
                 continue
-            run = _with_task(run, replace(task, attempt=1))
-            effects.append(TaskStatusChanged(node_id, TaskStatus.PENDING, 1))
-            effects.append(DispatchTask(node, 1, task_input(run, definition, node)))
-    return Decision(_settle(run, now, effects), tuple(effects))
+            run = _begin(run, definition, definition.node(node_id), now, effects)
+    return Decision(_settle(run, definition, now, effects), tuple(effects))
 
 
-def _settle(run: RunState, now: datetime, effects: list[Effect]) -> RunState:
-    if run.status.finished:
+def _begin(
+    run: RunState,
+    definition: WorkflowDefinition,
+    node: Node,
+    now: datetime,
+    effects: list[Effect],
+) -> RunState:
+    """The first attempt of a node: dispatched, or settled here for inline node types."""
+    task = replace(run.task(node.id), attempt=1)
+    scope = task_input(run, definition, node)
+    if node.type.runs_on_executor:
+        effects.append(TaskStatusChanged(node.id, TaskStatus.PENDING, 1))
+        effects.append(DispatchTask(node, 1, scope))
+        return _with_task(run, task)
+    if node.type in (NodeType.CONDITION, NodeType.TRANSFORM):
+        evaluate = inline.condition if node.type is NodeType.CONDITION else inline.transform
+        settled = evaluate(node, scope)
+        if settled.error is not None:
+            return _fail_task(run, task, settled.error, now, effects)
+        done = replace(transition_task(task, TaskStatus.SUCCEEDED, now), output=settled.output)
+        effects.append(TaskStatusChanged(node.id, TaskStatus.SUCCEEDED, 1))
+        return _with_task(run, done)
+    if node.type is NodeType.WAIT:
+        due = inline.wait_until(node, scope, now)
+        if isinstance(due, TaskError):
+            return _fail_task(run, task, due, now, effects)
+        waiting = replace(transition_task(task, TaskStatus.WAITING, now), due_at=due)
+        effects.append(TaskStatusChanged(node.id, TaskStatus.WAITING, 1))
+        effects.append(ScheduleTimer(node.id, 1, TimerKind.WAIT, due))
+        return _with_task(run, replace(waiting, started_at=now))
+    if node.type is NodeType.APPROVAL:
+        waiting = replace(transition_task(task, TaskStatus.WAITING, now), started_at=now)
+        effects.append(TaskStatusChanged(node.id, TaskStatus.WAITING, 1))
+        return _with_task(run, waiting)
+    if node.type is NodeType.RUN_WORKFLOW:
+        child = inline.child_run(run.run_id, node, 1, scope)
+        if isinstance(child, TaskError):
+            return _fail_task(run, task, child, now, effects)
+        effects.append(StartChildRun(child, ParentLink(run.run_id, node.id, 1, child.wait)))
+        if child.wait:
+            running = transition_task(task, TaskStatus.RUNNING, now)
+            effects.append(TaskStatusChanged(node.id, TaskStatus.RUNNING, 1))
+            return _with_task(run, replace(running, child_run_id=child.run_id))
+        output: JsonObject = {"run_id": child.run_id, "workflow": child.workflow}
+        done = replace(
+            transition_task(task, TaskStatus.SUCCEEDED, now),
+            output=output,
+            child_run_id=child.run_id,
+        )
+        effects.append(TaskStatusChanged(node.id, TaskStatus.SUCCEEDED, 1))
+        return _with_task(run, done)
+    error = TaskError("node.unsupported", f"the engine cannot run {node.type.value!r} nodes")
+    return _fail_task(run, task, error, now, effects)
+
+
+def _settle(
+    run: RunState, definition: WorkflowDefinition, now: datetime, effects: list[Effect]
+) -> RunState:
+    if run.status.finished or run.status in (RunStatus.QUEUED, RunStatus.STOPPING):
         return run
-    in_flight = any(
-        t.status is TaskStatus.RUNNING or (t.status is TaskStatus.PENDING and t.dispatched)
-        for t in run.tasks.values()
-    )
-    if in_flight:
-        return run
-    if any(t.status is TaskStatus.FAILED for t in run.tasks.values()):
+    tasks = run.tasks.values()
+    in_flight = any(t.in_flight for t in tasks)
+    waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
+    if any(t.status is TaskStatus.FAILED for t in tasks) and not in_flight:
+        # Nothing can succeed any more: waiting approvals and delays are called off.
+        for task in waiting:
+            run = _with_task(run, transition_task(task, TaskStatus.CANCELLED, now))
+            effects.append(TaskStatusChanged(task.node_id, TaskStatus.CANCELLED, task.attempt))
         target = RunStatus.FAILED
-    elif all(t.status.finished for t in run.tasks.values()):
+    elif in_flight:
+        target = RunStatus.RUNNING
+    elif waiting:
+        target = RunStatus.WAITING
+    elif all(t.status.finished for t in tasks):
         target = RunStatus.SUCCEEDED
     else:
         return run
+    if target is run.status:
+        return run
     effects.append(RunStatusChanged(run.status, target))
-    return transition_run(run, target, now)
+    run = transition_run(run, target, now)
+    if run.status.finished:
+        effects.append(CancelTimers())
+        if run.parent is not None and run.parent.wait:
+            effects.append(_notify_parent(run, definition, run.parent))
+    return run
+
+
+def _notify_parent(run: RunState, definition: WorkflowDefinition, parent: ParentLink) -> Effect:
+    return NotifyParent(parent, run.run_id, run.status, run_output(run, definition), run.error)
 
 
 def _with_task(run: RunState, task: TaskState) -> RunState:

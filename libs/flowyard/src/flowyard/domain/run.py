@@ -123,19 +123,47 @@ class TriggerInfo:
 
 
 @dataclass(frozen=True)
+class ParentLink:
+    """The run-workflow task of another run that started this run."""
+
+    run_id: str
+    node_id: str
+    attempt: int
+    wait: bool = True
+
+
+@dataclass(frozen=True)
 class TaskState:
     node_id: str
     status: TaskStatus = TaskStatus.PENDING
-    # Number of the latest dispatched attempt; 0 = never dispatched.
+    # Number of the latest attempt; 0 = never started.
     attempt: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
     output: JsonValue = None
     error: TaskError | None = None
+    warnings: tuple[str, ...] = ()
+    # When a timer acts on the task next (a delay's resume, a retry's dispatch).
+    due_at: datetime | None = None
+    executor_id: str = ""
+    child_run_id: str = ""
+    # Attempts lost with their executor; they do not count against the retry policy.
+    lost_attempts: int = 0
 
     @property
     def dispatched(self) -> bool:
-        return self.attempt > 0
+        """Sent to executors and not yet started (a retry waiting for its timer is not)."""
+        return self.status is TaskStatus.PENDING and self.attempt > 0 and self.due_at is None
+
+    @property
+    def retry_scheduled(self) -> bool:
+        return self.status is TaskStatus.PENDING and self.attempt > 0 and self.due_at is not None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.status is TaskStatus.RUNNING or (
+            self.status is TaskStatus.PENDING and self.attempt > 0
+        )
 
 
 @dataclass(frozen=True)
@@ -153,11 +181,17 @@ class RunState:
     finished_at: datetime | None = None
     error: TaskError | None = None
     failed_node_id: str = ""
+    test: bool = False
+    parent: ParentLink | None = None
     # Optimistic-concurrency counter: stored writes are conditional on it.
     revision: int = 0
 
     def task(self, node_id: str) -> TaskState:
         return self.tasks[node_id]
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(f"{t.node_id}: {w}" for t in self.tasks.values() for w in t.warnings)
 
 
 def transition_run(run: RunState, to: RunStatus, now: datetime) -> RunState:
@@ -196,3 +230,4 @@ class Attempt:
     executor_id: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    warnings: tuple[str, ...] = ()
