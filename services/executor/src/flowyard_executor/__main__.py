@@ -10,6 +10,7 @@ from flowyard.config import Settings
 from flowyard.metrics import ServiceMetrics
 from flowyard.service import run_service
 
+from flowyard_executor.actions import Actions
 from flowyard_executor.executor import Executor
 from flowyard_executor.sandbox import CodeSandbox, SandboxLimits
 
@@ -30,8 +31,9 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
         MongoStore(settings.mongo_url, settings.mongo_db) as store,
         KafkaPublisher(settings.kafka_bootstrap, SERVICE) as publisher,
         CodeSandbox(sandbox_limits(settings), warm_processes=2) as sandbox,
+        Actions(settings, sandbox) as actions,
     ):
-        executor = Executor(settings, store, publisher, sandbox, metrics)
+        executor = Executor(settings, store, publisher, actions, metrics)
         async with EnvelopeConsumer(
             settings,
             [settings.topics.tasks],

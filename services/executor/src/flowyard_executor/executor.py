@@ -1,9 +1,12 @@
 """The executor: runs dispatched task attempts and reports what happened.
 
 For each dispatch it records the attempt in MongoDB (input, output or error, timings)
-and publishes ``TaskStarted`` then ``TaskSucceeded``/``TaskFailed`` on the task-events
-topic. A dispatch whose attempt already finished (a redelivery) is not run again; its
-recorded result is published once more, which the scheduler ignores if it has it.
+and publishes ``TaskStarted``, a ``TaskHeartbeat`` every few seconds while it runs, then
+``TaskSucceeded``/``TaskFailed`` on the task-events topic. A dispatch whose attempt
+already finished (a redelivery) is not run again; its recorded result is published once
+more, which the scheduler ignores if it has it. An attempt left running by an executor
+that died is taken over, unless the scheduler declared it lost first (then the attempt
+runs again under a new number).
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ from flowyard import codec
 from flowyard.adapters.kafka import Publisher, Record
 from flowyard.adapters.mongo import MongoStore
 from flowyard.config import Settings
-from flowyard.domain.definition import NodeType
-from flowyard.domain.json import JsonValue
-from flowyard.domain.run import Attempt, TaskError, TaskStatus
-from flowyard.errors import DecodeError
+from flowyard.domain.run import Attempt, TaskStatus
+from flowyard.errors import DecodeError, InfrastructureError
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2
 
-from flowyard_executor.sandbox import CodeSandbox
+from flowyard_executor.actions import Actions
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Executor:
         settings: Settings,
         store: MongoStore,
         publisher: Publisher,
-        sandbox: CodeSandbox,
+        actions: Actions,
         metrics: ServiceMetrics,
         executor_id: str | None = None,
         clock: Callable[[], datetime] = _now,
@@ -54,7 +55,8 @@ class Executor:
         self._topics = settings.topics
         self._store = store
         self._publisher = publisher
-        self._sandbox = sandbox
+        self._actions = actions
+        self._heartbeat_seconds = settings.heartbeat_seconds
         self._metrics = metrics
         self._clock = clock
         self.executor_id = executor_id or new_executor_id()
@@ -67,10 +69,6 @@ class Executor:
         dispatch = envelope.dispatch_task
         if not envelope.run_id or not dispatch.node_id or dispatch.attempt < 1:
             raise DecodeError("dispatch needs run_id, node_id and an attempt >= 1")
-        if dispatch.HasField("not_before"):
-            delay = (codec.time_from_proto(dispatch.not_before) - self._clock()).total_seconds()
-            if delay > 0:
-                await asyncio.sleep(delay)
         inputs = codec.value_to_json(dispatch.input)
         attempt = Attempt(
             run_id=envelope.run_id,
@@ -82,13 +80,20 @@ class Executor:
             started_at=self._clock(),
         )
         previous = await self._store.claim_attempt(attempt)
-        if previous is not None and previous.status.finished:
-            await self._report(envelope, previous)
-            return
-        if previous is not None:
+        if previous is not None and not previous.status.finished:
             # Claimed before but never finished: the executor that had it died (the offset
-            # was not committed). At-least-once: run it again under this executor.
-            await self._store.save_attempt(attempt)
+            # was not committed). At-least-once: run it again here, unless the scheduler
+            # declared it lost meanwhile and dispatched a new attempt.
+            if await self._store.take_over_attempt(attempt, previous.executor_id):
+                previous = None
+            else:
+                previous = await self._store.find_attempt(
+                    attempt.run_id, attempt.node_id, attempt.number
+                )
+        if previous is not None:
+            if previous.status.finished:
+                await self._report(envelope, previous)
+            return
         started = self._envelope(envelope)
         started.task_started.CopyFrom(
             events_pb2.TaskStarted(
@@ -97,15 +102,23 @@ class Executor:
         )
         await self._publisher.publish(self._topics.task_events, envelope.run_id, started)
         self._metrics.tasks_in_flight.inc()
+        heartbeat = asyncio.create_task(self._beat(envelope), name="heartbeat")
         try:
-            output, error = await self._execute(dispatch, inputs)
+            outcome = await self._actions.run(
+                dispatch.node_type,
+                codec.struct_to_json(dispatch.config),
+                inputs,
+                dispatch.timeout_seconds or None,
+            )
         finally:
+            heartbeat.cancel()
             self._metrics.tasks_in_flight.dec()
         finished = replace(
             attempt,
-            status=TaskStatus.FAILED if error else TaskStatus.SUCCEEDED,
-            output=output,
-            error=error,
+            status=TaskStatus.FAILED if outcome.error else TaskStatus.SUCCEEDED,
+            output=outcome.output,
+            error=outcome.error,
+            warnings=outcome.warnings,
             finished_at=self._clock(),
         )
         await self._store.save_attempt(finished)
@@ -118,23 +131,21 @@ class Executor:
             node_type=dispatch.node_type, status=finished.status.value
         ).inc()
 
-    async def _execute(
-        self, dispatch: events_pb2.DispatchTask, inputs: JsonValue
-    ) -> tuple[JsonValue, TaskError | None]:
-        if dispatch.node_type == NodeType.CODE.value:
-            config = codec.struct_to_json(dispatch.config)
-            source = config.get("source")
-            if not isinstance(source, str) or not isinstance(inputs, dict):
-                return None, TaskError("node.invalid", "code node without config.source")
-            result = await self._sandbox.run(
-                source, inputs, timeout_seconds=dispatch.timeout_seconds or None
+    async def _beat(self, dispatch: events_pb2.Envelope) -> None:
+        """Tell the scheduler this attempt is alive until it finishes."""
+        task = dispatch.dispatch_task
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            beat = self._envelope(dispatch)
+            beat.task_heartbeat.CopyFrom(
+                events_pb2.TaskHeartbeat(
+                    node_id=task.node_id, attempt=task.attempt, executor_id=self.executor_id
+                )
             )
-            if result.ok:
-                return result.output, None
-            return None, TaskError(result.error_code, result.error_message, result.stack_trace)
-        return None, TaskError(
-            "node.unsupported", f"this executor cannot run {dispatch.node_type!r} nodes"
-        )
+            try:
+                await self._publisher.publish(self._topics.task_events, dispatch.run_id, beat)
+            except InfrastructureError as exc:
+                log.warning("heartbeat for %s/%s not sent: %s", dispatch.run_id, task.node_id, exc)
 
     async def _report(self, dispatch: events_pb2.Envelope, attempt: Attempt) -> None:
         event = self._envelope(dispatch)
@@ -148,6 +159,7 @@ class Executor:
                     node_id=attempt.node_id,
                     attempt=attempt.number,
                     output=codec.json_to_value(attempt.output),
+                    warnings=list(attempt.warnings),
                 )
             )
         else:

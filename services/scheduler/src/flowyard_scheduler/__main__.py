@@ -1,8 +1,10 @@
-"""``flowyard-scheduler``: consumes triggers and task events, advances runs."""
+"""``flowyard-scheduler``: consumes triggers, task events and commands, advances runs,
+and fires durable timers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from flowyard.adapters.kafka import EnvelopeConsumer, KafkaPublisher, ensure_topics
 from flowyard.adapters.mongo import MongoStore
@@ -11,6 +13,7 @@ from flowyard.metrics import ServiceMetrics
 from flowyard.service import run_service
 
 from flowyard_scheduler.scheduler import Scheduler
+from flowyard_scheduler.timers import TimerPoller
 
 SERVICE = "scheduler"
 
@@ -22,10 +25,11 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
         KafkaPublisher(settings.kafka_bootstrap, SERVICE) as publisher,
     ):
         scheduler = Scheduler(settings, store, publisher, metrics)
+        timers = TimerPoller(settings, store, publisher, metrics)
         topics = settings.topics
         async with EnvelopeConsumer(
             settings,
-            [topics.triggers, topics.task_events],
+            [topics.triggers, topics.task_events, topics.commands],
             topics.group(SERVICE),
             scheduler.handle,
             publisher,
@@ -35,7 +39,14 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
             ordered_by_key=True,
             on_revoked=scheduler.forget_runs,
         ) as consumer:
-            await consumer.run_until(stop)
+            poller = asyncio.create_task(timers.run_until(stop), name="timer-poller")
+            try:
+                await consumer.run_until(stop)
+            finally:
+                # Cancelling mid-batch is safe: a timer is deleted only after it fired.
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
 
 
 def main() -> None:
