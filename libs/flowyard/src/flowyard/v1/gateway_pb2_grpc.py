@@ -346,6 +346,11 @@ class RunServiceStub:
                 request_serializer=flowyard_dot_v1_dot_gateway__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_run__pb2.Run.FromString,
                 _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/flowyard.v1.RunService/DecideApproval',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -372,6 +377,13 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideApproval(self, request, context):
+        """Approve or reject a waiting approval task; the run goes on (or fails) at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +401,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=flowyard_dot_v1_dot_gateway__pb2.WatchRunRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_run__pb2.Run.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.DecideApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +490,33 @@ class RunService:
             '/flowyard.v1.RunService/WatchRun',
             flowyard_dot_v1_dot_gateway__pb2.WatchRunRequest.SerializeToString,
             flowyard_dot_v1_dot_run__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunService/DecideApproval',
+            flowyard_dot_v1_dot_gateway__pb2.DecideApprovalRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.DecideApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -125,6 +125,8 @@ class RunServiceStub:
     GetRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetRunRequest, _run_pb2.Run]
     WatchRun: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchRunRequest, _run_pb2.Run]
     """The run now, then again every time it changes, until it finishes."""
+    DecideApproval: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DecideApprovalRequest, _gateway_pb2.DecideApprovalResponse]
+    """Approve or reject a waiting approval task; the run goes on (or fails) at once."""
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -136,6 +138,8 @@ class RunServiceAsyncStub(RunServiceStub):
     GetRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetRunRequest, _run_pb2.Run]  # type: ignore[assignment]
     WatchRun: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchRunRequest, _run_pb2.Run]  # type: ignore[assignment]
     """The run now, then again every time it changes, until it finishes."""
+    DecideApproval: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DecideApprovalRequest, _gateway_pb2.DecideApprovalResponse]  # type: ignore[assignment]
+    """Approve or reject a waiting approval task; the run goes on (or fails) at once."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """Start runs and read them."""
@@ -162,5 +166,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_run_pb2.Run], _abc.AsyncIterator[_run_pb2.Run]]:
         """The run now, then again every time it changes, until it finishes."""
+
+    @_abc_1.abstractmethod
+    def DecideApproval(
+        self,
+        request: _gateway_pb2.DecideApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DecideApprovalResponse, _abc.Awaitable[_gateway_pb2.DecideApprovalResponse]]:
+        """Approve or reject a waiting approval task; the run goes on (or fails) at once."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
