@@ -84,10 +84,13 @@ class _Checker:
         for name in sorted(set(value) - known):
             self.add(f"{where}.{name} is not a known field (known: {', '.join(sorted(known))})")
 
+    def present(self, where: str, value: object, required: bool) -> bool:
+        if value is None and required:
+            self.add(f"{where} is required")
+        return value is not None
+
     def string(self, where: str, value: object, *, required: bool = True) -> str | None:
-        if value is None:
-            if required:
-                self.add(f"{where} is required")
+        if not self.present(where, value, required):
             return None
         if not isinstance(value, str):
             self.add(f"{where} must be a string")
@@ -117,19 +120,23 @@ class _Checker:
         return float(value)
 
     def string_map(self, where: str, value: object) -> None:
-        if not self.given(value):
-            return
-        if not isinstance(value, Mapping):
+        if self.given(value) and not isinstance(value, Mapping):
             self.add(f"{where} must be an object")
-            return
-        for key, item in value.items():
-            if not isinstance(item, str):
-                self.add(f"{where}.{key} must be a string")
+        elif isinstance(value, Mapping):
+            self.problems.extend(
+                f"{where}.{key} must be a string"
+                for key, item in value.items()
+                if type(item) is not str
+            )
+
+    def object_list(self, where: str, value: object, what: str) -> None:
+        if self.given(value) and (
+            not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value)
+        ):
+            self.add(f"{where} must be a list of {what}")
 
     def addresses(self, where: str, value: object, *, required: bool) -> None:
-        if value is None:
-            if required:
-                self.add(f"{where} is required")
+        if not self.present(where, value, required):
             return
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
@@ -192,11 +199,7 @@ def _check_slack(c: _Checker, config: Mapping[str, object]) -> None:
     if c.given(channel) and not channel.startswith("#"):
         c.add("config.channel must start with '#' (direct messages are not allowed)")
     c.string("config.text", config.get("text"))
-    blocks = config.get("blocks")
-    if c.given(blocks) and (
-        not isinstance(blocks, list) or not all(isinstance(b, Mapping) for b in blocks)
-    ):
-        c.add("config.blocks must be a list of objects")
+    c.object_list("config.blocks", config.get("blocks"), "objects")
 
 
 def _check_query(c: _Checker, config: Mapping[str, object]) -> None:
@@ -228,11 +231,7 @@ def _check_source(c: _Checker, source: Mapping[str, object]) -> None:
     c.unknown("config.source", source, _SOURCE_FIELDS[kind])
     if kind == "mongodb":
         connection = c.string("config.source.connection", source.get("connection"))
-        if (
-            connection is not None
-            and not c.template(connection)
-            and not connection.startswith(("mongodb://", "mongodb+srv://"))
-        ):
+        if c.given(connection) and not connection.startswith(("mongodb://", "mongodb+srv://")):
             c.add("config.source.connection must be a mongodb:// or mongodb+srv:// URL")
         c.string("config.source.database", source.get("database"))
         c.string("config.source.collection", source.get("collection"))
@@ -242,10 +241,7 @@ def _check_source(c: _Checker, source: Mapping[str, object]) -> None:
         if pipeline is not None:
             if query_filter is not None:
                 c.add("config.source.filter and config.source.pipeline are exclusive")
-            if c.given(pipeline) and (
-                not isinstance(pipeline, list) or not all(isinstance(s, Mapping) for s in pipeline)
-            ):
-                c.add("config.source.pipeline must be a list of stage objects")
+            c.object_list("config.source.pipeline", pipeline, "stage objects")
             c.string("config.source.field", source.get("field"))
         elif source.get("field") is not None:
             c.add("config.source.field only applies with config.source.pipeline")
