@@ -472,3 +472,129 @@ def test_address_and_token_come_from_flag_then_environment() -> None:
     assert rpc.server_address("cli:1", {"FLOWYARD_GRPC_ADDR": "gw:9"}) == "cli:1"
     assert rpc.call_metadata({}) == ()
     assert rpc.call_metadata({"FLOWYARD_TOKEN": "t"}) == (("authorization", "Bearer t"),)
+
+
+# --- workflow states, clones and dry runs ------------------------------------------------
+
+
+def test_a_dry_run_says_so_instead_of_a_version() -> None:
+    run = failed_run()
+    run.test = True
+    run.workflow_version = 0
+    header = render.render_run(run, tz=UTC).splitlines()[1]
+    assert header == "Workflow: checkout [dry run] (type payments)"
+    assert "v0" not in render.render_run(run, tz=UTC)
+
+
+class LifecycleGateway(FakeGateway):
+    def SetWorkflowState(
+        self, request: gateway_pb2.SetWorkflowStateRequest, **_: Any
+    ) -> workflow_pb2.Workflow:
+        self._record("SetWorkflowState", request)
+        definition = workflow_pb2.WorkflowDefinition(name=request.name)
+        return workflow_pb2.Workflow(version=2, state=request.state, definition=definition)
+
+    def CloneWorkflow(
+        self, request: gateway_pb2.CloneWorkflowRequest, **_: Any
+    ) -> workflow_pb2.Workflow:
+        self._record("CloneWorkflow", request)
+        definition = workflow_pb2.WorkflowDefinition(name=request.new_name)
+        return workflow_pb2.Workflow(
+            version=1, state=workflow_pb2.WORKFLOW_STATE_DRAFT, definition=definition
+        )
+
+    def DryRunWorkflow(
+        self, request: gateway_pb2.DryRunWorkflowRequest, **_: Any
+    ) -> gateway_pb2.StartRunResponse:
+        self._record("DryRunWorkflow", request)
+        return gateway_pb2.StartRunResponse(run_id="run-1", created=True)
+
+
+@pytest.fixture
+def lifecycle(monkeypatch: pytest.MonkeyPatch) -> LifecycleGateway:
+    fake = LifecycleGateway()
+
+    @contextmanager
+    def connect(address: str, metadata: rpc.Metadata) -> Iterator[Any]:
+        yield fake
+
+    monkeypatch.setattr(rpc, "connect", connect)
+    return fake
+
+
+def test_pause_and_activate_set_the_state(
+    lifecycle: LifecycleGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["workflow", "pause", "checkout"]) == 0
+    assert cli.main(["workflow", "activate", "checkout"]) == 0
+    sent = [(r.name, r.state) for name, r in lifecycle.calls if name == "SetWorkflowState"]
+    assert sent == [
+        ("checkout", workflow_pb2.WORKFLOW_STATE_PAUSED),
+        ("checkout", workflow_pb2.WORKFLOW_STATE_ACTIVE),
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        "checkout is paused (version 2)",
+        "checkout is active (version 2)",
+    ]
+
+
+def test_clone_names_the_draft_and_how_to_activate_it(
+    lifecycle: LifecycleGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["workflow", "clone", "checkout", "checkout-v2"]) == 0
+    request = lifecycle.calls[0][1]
+    assert (request.source, request.new_name) == ("checkout", "checkout-v2")
+    captured = capsys.readouterr()
+    assert captured.out == "cloned checkout as checkout-v2 version 1 (draft)\n"
+    assert "flowyard workflow activate checkout-v2" in captured.err
+
+
+def test_a_refused_state_change_is_one_line_and_exits_1(
+    lifecycle: LifecycleGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = "workflow 'checkout' is paused; activate it to start runs"
+    lifecycle.error = FakeCallError(grpc.StatusCode.FAILED_PRECONDITION, message)
+    assert cli.main(["workflow", "pause", "checkout"]) == 1
+    assert capsys.readouterr().err == f"error: FAILED_PRECONDITION: {message}\n"
+
+
+def test_workflow_test_sends_the_file_and_input_and_follows_the_run(
+    tmp_path: Path, lifecycle: LifecycleGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "checkout.yaml"
+    path.write_text(yaml.safe_dump(DEFINITION))
+    sample = tmp_path / "sample.yaml"
+    sample.write_text("order: 7\n")
+    run = failed_run()
+    run.test = True
+    lifecycle.snapshots = [run]
+
+    code = cli.main(["workflow", "test", str(path), "--input", f"@{sample}", "--watch"])
+
+    assert code == 1  # the run failed
+    request = lifecycle.calls[0][1]
+    assert request.definition == codec.definition_to_proto(parse_definition(DEFINITION))
+    assert codec.value_to_json(request.input) == {"order": 7}
+    out = capsys.readouterr().out
+    assert out.startswith("run-1\n")
+    assert "Workflow: checkout [dry run] (type payments)" in out
+    assert [name for name, _ in lifecycle.calls] == ["DryRunWorkflow", "WatchRun"]
+
+
+def test_workflow_test_checks_the_file_and_input_before_sending(
+    tmp_path: Path, lifecycle: LifecycleGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nnodes:\n  - {id: warp, type: teleport}\nedges: []\n")
+    assert cli.main(["workflow", "test", str(broken)]) == 2
+    assert "node 'warp': unknown node type 'teleport'" in capsys.readouterr().err
+    path = tmp_path / "checkout.yaml"
+    path.write_text(yaml.safe_dump(DEFINITION))
+    assert cli.main(["workflow", "test", str(path), "--input", "{nope"]) == 2
+    assert "--input: not valid JSON" in capsys.readouterr().err
+    assert cli.main(["workflow", "test", str(path), "--input", "@missing.json"]) == 2
+    assert "--input: missing.json: cannot read" in capsys.readouterr().err
+    assert not lifecycle.calls
+    assert cli.main(["workflow", "test", str(path), "--input", '{"order": 1}']) == 0
+    assert capsys.readouterr().out == "run-1\n"
+    assert codec.value_to_json(lifecycle.calls[0][1].input) == {"order": 1}

@@ -91,7 +91,9 @@ def build_server(
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
         ],
     )
-    gateway_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(store), server)
+    gateway_pb2_grpc.add_WorkflowServiceServicer_to_server(
+        WorkflowServicer(store, publisher, settings.topics), server
+    )
     gateway_pb2_grpc.add_RunServiceServicer_to_server(
         RunServicer(store, publisher, settings.topics, hub, metrics), server
     )

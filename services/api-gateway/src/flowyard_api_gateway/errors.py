@@ -1,8 +1,9 @@
 """Translate Flowyard errors into gRPC statuses at the edge.
 
 DefinitionError -> INVALID_ARGUMENT with a google.rpc.BadRequest listing each problem
-(field = the node, edge or field named); NotFoundError -> NOT_FOUND; ConflictError ->
-ABORTED; InfrastructureError -> UNAVAILABLE. Anything else is a bug: INTERNAL, logged.
+(field = the node, edge or field named); NotFoundError -> NOT_FOUND; AlreadyExistsError ->
+ALREADY_EXISTS; WorkflowStateError -> FAILED_PRECONDITION; ConflictError -> ABORTED;
+InfrastructureError -> UNAVAILABLE. Anything else is a bug: INTERNAL, logged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flowyard.errors import (
     FlowyardError,
     InfrastructureError,
     NotFoundError,
+    WorkflowStateError,
 )
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -36,6 +38,10 @@ class InvalidRequestError(FlowyardError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class AlreadyExistsError(FlowyardError):
+    """What the request would create exists already (e.g. a workflow name)."""
 
 
 def status_for(exc: Exception) -> status_pb2.Status:
@@ -56,6 +62,10 @@ def status_for(exc: Exception) -> status_pb2.Status:
         return _status(code_pb2.INVALID_ARGUMENT, str(exc), details)
     if isinstance(exc, NotFoundError):
         return _status(code_pb2.NOT_FOUND, str(exc))
+    if isinstance(exc, AlreadyExistsError):
+        return _status(code_pb2.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, WorkflowStateError):
+        return _status(code_pb2.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, ConflictError):
         return _status(code_pb2.ABORTED, str(exc))
     if isinstance(exc, InfrastructureError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,13 +16,20 @@ from flowyard.adapters.kafka import Publisher
 from flowyard.adapters.mongo import MongoStore, new_workflow_id
 from flowyard.config import Topics
 from flowyard.domain import engine
+from flowyard.domain.definition import CLONE_NAME_PATTERN, WorkflowDefinition
 from flowyard.domain.run import RunState, RunStatus, TriggerInfo, TriggerKind
 from flowyard.domain.workflow import StoredWorkflow, WorkflowState
-from flowyard.errors import WorkflowNotFoundError
+from flowyard.errors import (
+    NotFoundError,
+    RunNotFoundError,
+    WorkflowNotFoundError,
+    WorkflowStateError,
+)
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import gateway_pb2, gateway_pb2_grpc, run_pb2, workflow_pb2
 
 from flowyard_api_gateway.errors import (
+    AlreadyExistsError,
     InvalidRequestError,
     translate_errors,
     translate_stream_errors,
@@ -39,9 +47,32 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _publish_start(
+    publisher: Publisher, topics: Topics, run: RunState, *, test: bool = False
+) -> None:
+    envelope = codec.new_envelope(run.run_id, run.workflow_id, run.workflow_version)
+    envelope.start_run.workflow_name = run.workflow_name
+    envelope.start_run.trigger.CopyFrom(codec.trigger_to_proto(run.trigger))
+    envelope.start_run.test = test
+    await publisher.publish(topics.triggers, run.run_id, envelope)
+
+
+_SETTABLE_STATES = {
+    workflow_pb2.WORKFLOW_STATE_ACTIVE: WorkflowState.ACTIVE,
+    workflow_pb2.WORKFLOW_STATE_PAUSED: WorkflowState.PAUSED,
+}
+
+
+def _state_error(state: WorkflowState, name: str) -> WorkflowStateError:
+    what = "a draft" if state is WorkflowState.DRAFT else state.value
+    return WorkflowStateError(f"workflow {name!r} is {what}; activate it to start runs")
+
+
 class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
-    def __init__(self, store: MongoStore) -> None:
+    def __init__(self, store: MongoStore, publisher: Publisher, topics: Topics) -> None:
         self._store = store
+        self._publisher = publisher
+        self._topics = topics
 
     @translate_errors
     async def ApplyWorkflow(
@@ -69,6 +100,8 @@ class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
                 updated_at=now,
             )
             if await self._store.insert_workflow(workflow):
+                # A pause or activation that landed on the previous version meanwhile.
+                workflow = await self._store.inherit_workflow_state(workflow)
                 return gateway_pb2.ApplyWorkflowResponse(
                     workflow=codec.workflow_to_proto(workflow), created=True
                 )
@@ -91,6 +124,74 @@ class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
         return gateway_pb2.ListWorkflowsResponse(
             workflows=[codec.workflow_to_proto(w) for w in workflows]
         )
+
+    @translate_errors
+    async def SetWorkflowState(
+        self, request: gateway_pb2.SetWorkflowStateRequest, context: Context
+    ) -> workflow_pb2.Workflow:
+        if not request.name:
+            raise InvalidRequestError("name", "is required")
+        if request.state == workflow_pb2.WORKFLOW_STATE_DRAFT:
+            raise InvalidRequestError("state", "a workflow cannot go back to draft")
+        state = _SETTABLE_STATES.get(request.state)
+        if state is None:
+            raise InvalidRequestError("state", "must be WORKFLOW_STATE_ACTIVE or _PAUSED")
+        workflow = await self._store.set_workflow_state(request.name, state)
+        return codec.workflow_to_proto(workflow)
+
+    @translate_errors
+    async def CloneWorkflow(
+        self, request: gateway_pb2.CloneWorkflowRequest, context: Context
+    ) -> workflow_pb2.Workflow:
+        if not request.source:
+            raise InvalidRequestError("source", "is required")
+        if not CLONE_NAME_PATTERN.match(request.new_name):
+            raise InvalidRequestError(
+                "new_name", "1-50 characters: letters, digits, '_', '-', '.' (not first)"
+            )
+        source = await self._store.latest_workflow(request.source)
+        try:
+            await self._store.latest_workflow(request.new_name)
+        except WorkflowNotFoundError:
+            pass
+        else:
+            raise AlreadyExistsError(f"workflow {request.new_name!r} exists already")
+        now = _now()
+        clone = StoredWorkflow(
+            workflow_id=new_workflow_id(),
+            version=1,
+            state=WorkflowState.DRAFT,
+            definition=dataclasses.replace(source.definition, name=request.new_name),
+            created_at=now,
+            updated_at=now,
+        )
+        # The unique (name, version) index settles a race with another clone or apply.
+        if not await self._store.insert_workflow(clone):
+            raise AlreadyExistsError(f"workflow {request.new_name!r} exists already")
+        return codec.workflow_to_proto(clone)
+
+    @translate_errors
+    async def DryRunWorkflow(
+        self, request: gateway_pb2.DryRunWorkflowRequest, context: Context
+    ) -> gateway_pb2.StartRunResponse:
+        """Run a definition without registering it: the scheduler reads it from a snapshot
+        stored under the run id (``StartRun.test``) and creates the run, marked ``test``."""
+        if not request.HasField("definition"):
+            raise InvalidRequestError("definition", "is required")
+        definition = codec.definition_from_proto(request.definition)
+        trigger = TriggerInfo(
+            kind=TriggerKind.API,
+            data=codec.value_to_json(request.input) if request.HasField("input") else {},
+            detail="gRPC DryRunWorkflow",
+            started_by=request.started_by or "anonymous",
+        )
+        run_id = uuid.uuid4().hex
+        # No registry entry: no workflow id, version 0. The snapshot goes first, so the
+        # scheduler always finds it when the StartRun arrives.
+        run = engine.new_run(run_id, "", 0, definition, trigger, _now())
+        await self._store.insert_snapshot(run_id, definition)
+        await _publish_start(self._publisher, self._topics, run, test=True)
+        return gateway_pb2.StartRunResponse(run_id=run_id, created=True)
 
 
 class RunServicer(gateway_pb2_grpc.RunServiceServicer):
@@ -117,6 +218,8 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
         if len(request.idempotency_key) > 200:
             raise InvalidRequestError("idempotency_key", "at most 200 characters")
         workflow = await self._store.latest_workflow(request.workflow)
+        if workflow.state is not WorkflowState.ACTIVE:
+            raise _state_error(workflow.state, workflow.name)
         trigger = TriggerInfo(
             kind=TriggerKind.API,
             data=codec.value_to_json(request.input) if request.HasField("input") else {},
@@ -144,10 +247,7 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
         return gateway_pb2.StartRunResponse(run_id=run_id, created=created)
 
     async def _publish_start(self, run: RunState) -> None:
-        envelope = codec.new_envelope(run.run_id, run.workflow_id, run.workflow_version)
-        envelope.start_run.workflow_name = run.workflow_name
-        envelope.start_run.trigger.CopyFrom(codec.trigger_to_proto(run.trigger))
-        await self._publisher.publish(self._topics.triggers, run.run_id, envelope)
+        await _publish_start(self._publisher, self._topics, run)
 
     @translate_errors
     async def GetRun(self, request: gateway_pb2.GetRunRequest, context: Context) -> run_pb2.Run:
@@ -156,12 +256,34 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
         return await self._run_view(request.run_id)
 
     async def _run_view(self, run_id: str) -> run_pb2.Run:
-        run = await self._store.get_run(run_id)
-        workflow, attempts = await asyncio.gather(
-            self._store.workflow_version(run.workflow_id, run.workflow_version),
-            self._store.attempts_of(run_id),
+        run = await self._store.find_run(run_id)
+        if run is None:
+            return await self._queued_dry_run_view(run_id)
+        definition, attempts = await asyncio.gather(
+            self._definition_of(run), self._store.attempts_of(run_id)
         )
-        return codec.run_to_proto(run, workflow.definition, attempts)
+        return codec.run_to_proto(run, definition, attempts)
+
+    async def _definition_of(self, run: RunState) -> WorkflowDefinition:
+        """The registered version the run executes; a dry run's own snapshot."""
+        if run.test:
+            return await self._store.snapshot(run.run_id)
+        workflow = await self._store.workflow_version(run.workflow_id, run.workflow_version)
+        return workflow.definition
+
+    async def _queued_dry_run_view(self, run_id: str) -> run_pb2.Run:
+        """A dry run the scheduler has not created yet: shown queued, from its snapshot."""
+        try:
+            definition = await self._store.snapshot(run_id)
+        except NotFoundError:
+            raise RunNotFoundError(run_id) from None
+        trigger = TriggerInfo(kind=TriggerKind.API, detail="gRPC DryRunWorkflow")
+        view = codec.run_to_proto(
+            engine.new_run(run_id, "", 0, definition, trigger, _now()), definition
+        )
+        view.ClearField("created_at")  # not created yet (and a stable view for WatchRun)
+        view.test = True
+        return view
 
     @translate_stream_errors
     async def WatchRun(

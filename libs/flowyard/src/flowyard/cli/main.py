@@ -20,7 +20,7 @@ from google.protobuf import json_format
 
 from flowyard.cli import render, rpc, workflows
 from flowyard.codec import json_to_value
-from flowyard.v1 import gateway_pb2, run_pb2
+from flowyard.v1 import gateway_pb2, run_pb2, workflow_pb2
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,6 +85,69 @@ def workflow_get(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
     else:
         _out(workflows.render_workflow_yaml(workflow))
     return EXIT_OK
+
+
+def _set_state(gateway: rpc.Gateway, name: str, state: workflow_pb2.WorkflowState.ValueType) -> int:
+    workflow = gateway.workflows.SetWorkflowState(
+        gateway_pb2.SetWorkflowStateRequest(name=name, state=state),
+        metadata=gateway.metadata,
+        timeout=rpc.CALL_TIMEOUT_SECONDS,
+    )
+    label = workflows.workflow_state_label(workflow.state)
+    _out(f"{workflow.definition.name or name} is {label} (version {workflow.version})")
+    return EXIT_OK
+
+
+def workflow_pause(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    return _set_state(gateway, args.name, workflow_pb2.WORKFLOW_STATE_PAUSED)
+
+
+def workflow_activate(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    return _set_state(gateway, args.name, workflow_pb2.WORKFLOW_STATE_ACTIVE)
+
+
+def workflow_clone(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    workflow = gateway.workflows.CloneWorkflow(
+        gateway_pb2.CloneWorkflowRequest(source=args.source, new_name=args.new_name),
+        metadata=gateway.metadata,
+        timeout=rpc.CALL_TIMEOUT_SECONDS,
+    )
+    name = workflow.definition.name or args.new_name
+    label = workflows.workflow_state_label(workflow.state)
+    _out(f"cloned {args.source} as {name} version {workflow.version} ({label})")
+    if workflow.state == workflow_pb2.WORKFLOW_STATE_DRAFT:
+        _err(f"note: a draft starts no runs; activate it with: flowyard workflow activate {name}")
+    return EXIT_OK
+
+
+def workflow_test(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    """Dry run: the definition runs once with the input, without being registered."""
+    checked = workflows.check_files([args.file])
+    if checked.problems:
+        for line in checked.problems:
+            _err(line)
+        count = len(checked.problems)
+        _err(f"{count} problem{'s' if count != 1 else ''} found; nothing was run")
+        return EXIT_USAGE
+    _path, definition = checked.definitions[0]
+    request = gateway_pb2.DryRunWorkflowRequest(definition=definition, started_by=_user())
+    if args.input is not None:
+        try:
+            request.input.CopyFrom(json_to_value(workflows.load_input(args.input)))
+        except workflows.LoadError as exc:
+            raise UsageError(f"--input: {exc}") from exc
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            raise UsageError(f"the run input is not plain JSON data: {exc}") from exc
+    response = gateway.workflows.DryRunWorkflow(
+        request, metadata=gateway.metadata, timeout=rpc.CALL_TIMEOUT_SECONDS
+    )
+    _out(response.run_id)
+    if not args.watch:
+        return EXIT_OK
+    final = _watch(gateway, response.run_id)
+    _out("")
+    _out(render.render_run(final))
+    return render.watch_exit_code(final)
 
 
 # --- run commands ----------------------------------------------------------------------
@@ -230,6 +293,29 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--version", type=int, default=0, help="version (default: latest)")
     get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     get.set_defaults(handler=workflow_get)
+    pause = wf.add_parser("pause", parents=[common], help="start no more runs of a workflow")
+    pause.add_argument("name", help="workflow name or id")
+    pause.set_defaults(handler=workflow_pause)
+    activate = wf.add_parser(
+        "activate", parents=[common], help="let a paused or draft workflow start runs"
+    )
+    activate.add_argument("name", help="workflow name or id")
+    activate.set_defaults(handler=workflow_activate)
+    clone = wf.add_parser(
+        "clone", parents=[common], help="copy a workflow's latest version as a new draft"
+    )
+    clone.add_argument("source", help="workflow name or id to copy")
+    clone.add_argument("new_name", metavar="NEW_NAME", help="1-50 of A-Z a-z 0-9 _ - .")
+    clone.set_defaults(handler=workflow_clone)
+    test = wf.add_parser(
+        "test", parents=[common], help="dry-run a definition file without registering it"
+    )
+    test.add_argument("file", metavar="FILE", help="a YAML or JSON definition ('-' = stdin)")
+    test.add_argument(
+        "--input", metavar="JSON|@FILE", help="the trigger data: JSON, or @FILE (JSON/YAML)"
+    )
+    test.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    test.set_defaults(handler=workflow_test)
 
     run = groups.add_parser("run", help="start and follow runs")
     rn = run.add_subparsers(dest="command", required=True)

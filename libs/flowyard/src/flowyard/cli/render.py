@@ -242,6 +242,8 @@ def _task_duration(task: run_pb2.Task, now: datetime | None) -> str:
 
 def _header(run: run_pb2.Run, tz: tzinfo | None, now: datetime | None) -> list[str]:
     workflow = f"{run.workflow_name or run.workflow_id} v{run.workflow_version}"
+    if run.test:  # a dry run's definition is in no registry: it has no version
+        workflow = f"{run.workflow_name or '-'} [dry run]"
     if run.workflow_type:
         workflow += f" (type {run.workflow_type})"
     status = run_status_label(run.status)

@@ -80,6 +80,22 @@ def check_files(paths: Sequence[str]) -> CheckedFiles:
     return checked
 
 
+def load_input(text: str) -> Any:
+    """Run input given on the command line: JSON text, or ``@FILE`` (JSON or YAML)."""
+    if text.startswith("@"):
+        path = text[1:]
+        if not path:
+            raise LoadError("'@' needs a file name, e.g. @input.json")
+        try:
+            return load_document(path)
+        except LoadError as exc:
+            raise LoadError(f"{path}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LoadError(f"not valid JSON: {exc} (to read a file, write @FILE)") from exc
+
+
 # --- reading definitions back ------------------------------------------------------------
 
 
