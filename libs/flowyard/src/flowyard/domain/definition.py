@@ -79,12 +79,12 @@ class RetryPolicy:
         if attempt <= 1:
             return 0.0
         wait = self.initial_backoff_seconds * self.backoff_multiplier ** (attempt - 2)
-        if self.max_backoff_seconds > 0:
-            wait = min(wait, self.max_backoff_seconds)
         if self.jitter > 0:
             digest = hashlib.sha256(f"{salt}:{attempt}".encode()).digest()
             spread = int.from_bytes(digest[:4], "big") / 0xFFFFFFFF * 2 - 1  # [-1, 1]
             wait *= 1 + self.jitter * spread
+        if self.max_backoff_seconds > 0:
+            wait = min(wait, self.max_backoff_seconds)
         return max(0.0, wait)
 
 

@@ -378,10 +378,18 @@ def resend_effects(
             effects.append(ScheduleTimer(node.id, n, TimerKind.WAIT, task.due_at, True))
         elif task.status is TaskStatus.RUNNING and node.type.runs_on_executor:
             effects.append(ScheduleTimer(node.id, n, TimerKind.LEASE, now + timing.lease, True))
-        elif task.status is TaskStatus.RUNNING and node.type is NodeType.RUN_WORKFLOW:
+            if node.timeout_seconds and task.started_at is not None:
+                deadline = (
+                    task.started_at
+                    + timedelta(seconds=node.timeout_seconds)
+                    + timing.deadline_grace
+                )
+                effects.append(ScheduleTimer(node.id, n, TimerKind.DEADLINE, deadline, True))
+        elif node.type is NodeType.RUN_WORKFLOW and task.child_run_id:
+            # Waiting or fire-and-forget alike: the child may never have been asked to start.
             child = inline.child_run(run.run_id, node, n, task_input(run, definition, node))
             if isinstance(child, inline.ChildRun):
-                link = ParentLink(run.run_id, node.id, n, wait=True)
+                link = ParentLink(run.run_id, node.id, n, wait=child.wait)
                 effects.append(StartChildRun(child, link))
     return tuple(effects)
 
@@ -454,7 +462,7 @@ def _lose_attempt(
     node = definition.node(task.node_id)
     who = task.executor_id or "unknown"
     effects.append(CancelTimers(node.id))
-    if task.lost_attempts >= MAX_LOST_ATTEMPTS:
+    if task.lost_attempts + 1 >= MAX_LOST_ATTEMPTS:
         error = TaskError(
             "executor.lost",
             f"executor {who} stopped responding; {task.lost_attempts + 1} attempts were lost",

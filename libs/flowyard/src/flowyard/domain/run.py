@@ -63,7 +63,13 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
         }
     ),
     RunStatus.WAITING: frozenset(
-        {RunStatus.RUNNING, RunStatus.STOPPING, RunStatus.STOPPED, RunStatus.FAILED}
+        {
+            RunStatus.RUNNING,
+            RunStatus.STOPPING,
+            RunStatus.STOPPED,
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+        }
     ),
     RunStatus.STOPPING: frozenset({RunStatus.STOPPED}),
     RunStatus.STOPPED: frozenset(),
