@@ -19,6 +19,7 @@ from flowyard.errors import (
     DefinitionError,
     FlowyardError,
     InfrastructureError,
+    InvalidTransitionError,
     NotFoundError,
     WorkflowStateError,
 )
@@ -64,7 +65,7 @@ def status_for(exc: Exception) -> status_pb2.Status:
         return _status(code_pb2.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExistsError):
         return _status(code_pb2.ALREADY_EXISTS, str(exc))
-    if isinstance(exc, WorkflowStateError):
+    if isinstance(exc, WorkflowStateError | InvalidTransitionError):
         return _status(code_pb2.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, ConflictError):
         return _status(code_pb2.ABORTED, str(exc))

@@ -16,17 +16,18 @@ from flowyard.adapters.kafka import Publisher
 from flowyard.adapters.mongo import MongoStore, new_workflow_id
 from flowyard.config import Topics
 from flowyard.domain import engine
-from flowyard.domain.definition import CLONE_NAME_PATTERN, WorkflowDefinition
-from flowyard.domain.run import RunState, RunStatus, TriggerInfo, TriggerKind
+from flowyard.domain.definition import CLONE_NAME_PATTERN, NodeType, WorkflowDefinition
+from flowyard.domain.run import RunState, RunStatus, TaskStatus, TriggerInfo, TriggerKind
 from flowyard.domain.workflow import StoredWorkflow, WorkflowState
 from flowyard.errors import (
+    InvalidTransitionError,
     NotFoundError,
     RunNotFoundError,
     WorkflowNotFoundError,
     WorkflowStateError,
 )
 from flowyard.metrics import ServiceMetrics
-from flowyard.v1 import gateway_pb2, gateway_pb2_grpc, run_pb2, workflow_pb2
+from flowyard.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, run_pb2, workflow_pb2
 
 from flowyard_api_gateway.errors import (
     AlreadyExistsError,
@@ -284,6 +285,51 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
         view.ClearField("created_at")  # not created yet (and a stable view for WatchRun)
         view.test = True
         return view
+
+    @translate_errors
+    async def DecideApproval(
+        self, request: gateway_pb2.DecideApprovalRequest, context: Context
+    ) -> gateway_pb2.DecideApprovalResponse:
+        for name in ("run_id", "node_id"):
+            if not getattr(request, name):
+                raise InvalidRequestError(name, "is required")
+        if len(request.comment) > 2000:
+            raise InvalidRequestError("comment", "at most 2000 characters")
+        run = await self._store.get_run(request.run_id)
+        definition = await self._definition_of(run)
+        try:
+            node = definition.node(request.node_id)
+        except KeyError:
+            raise InvalidRequestError(
+                "node_id", f"run {run.run_id} has no node {request.node_id!r}"
+            ) from None
+        if node.type is not NodeType.APPROVAL:
+            raise InvalidRequestError(
+                "node_id", f"{node.id!r} is a {node.type} node, not an approval"
+            )
+        task = run.task(node.id)
+        if task.status is not TaskStatus.WAITING:
+            raise InvalidTransitionError(
+                f"approval {node.id!r} of run {run.run_id} is {task.status}, "
+                "not waiting for a decision"
+            )
+        approvers = node.config.get("approvers") or []
+        decided_by = request.decided_by or "anonymous"
+        if isinstance(approvers, list) and approvers and decided_by not in approvers:
+            raise InvalidTransitionError(
+                f"approval {node.id!r} may be decided only by {', '.join(map(str, approvers))}"
+            )
+        envelope = codec.new_envelope(run.run_id, run.workflow_id, run.workflow_version)
+        envelope.approval_decided.CopyFrom(
+            events_pb2.ApprovalDecided(
+                node_id=node.id,
+                approved=request.approved,
+                decided_by=decided_by,
+                comment=request.comment,
+            )
+        )
+        await self._publisher.publish(self._topics.commands, run.run_id, envelope)
+        return gateway_pb2.DecideApprovalResponse()
 
     @translate_stream_errors
     async def WatchRun(

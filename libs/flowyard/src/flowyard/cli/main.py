@@ -253,6 +253,31 @@ def run_get(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
     return EXIT_OK
 
 
+def _decide(args: argparse.Namespace, gateway: rpc.Gateway, approved: bool) -> int:
+    gateway.runs.DecideApproval(
+        gateway_pb2.DecideApprovalRequest(
+            run_id=args.run_id,
+            node_id=args.node_id,
+            approved=approved,
+            comment=args.comment or "",
+            decided_by=_user(),
+        ),
+        metadata=gateway.metadata,
+        timeout=rpc.CALL_TIMEOUT_SECONDS,
+    )
+    verb = "approved" if approved else "rejected"
+    _out(f"{args.node_id} {verb}; run {args.run_id} goes on (flowyard run get {args.run_id})")
+    return EXIT_OK
+
+
+def run_approve(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    return _decide(args, gateway, approved=True)
+
+
+def run_reject(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    return _decide(args, gateway, approved=False)
+
+
 # --- the parser ------------------------------------------------------------------------
 
 
@@ -334,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", choices=["table", "json"], default="table")
     show.add_argument("--watch", action="store_true", help="follow the run until it ends")
     show.set_defaults(handler=run_get)
+    for verb, handler in (("approve", run_approve), ("reject", run_reject)):
+        decide = rn.add_parser(
+            verb, parents=[common], help=f"{verb} a waiting approval task of a run"
+        )
+        decide.add_argument("run_id", metavar="RUN_ID")
+        decide.add_argument("node_id", metavar="NODE_ID", help="the approval node's id")
+        decide.add_argument("--comment", help="why (a rejection's reason fails the run)")
+        decide.set_defaults(handler=handler)
     return parser
 
 
