@@ -598,3 +598,30 @@ def test_workflow_test_checks_the_file_and_input_before_sending(
     assert cli.main(["workflow", "test", str(path), "--input", '{"order": 1}']) == 0
     assert capsys.readouterr().out == "run-1\n"
     assert codec.value_to_json(lifecycle.calls[0][1].input) == {"order": 1}
+
+
+def test_run_detail_shows_when_a_delay_resumes_its_child_runs_and_warnings() -> None:
+    pause = make_task("pause", run_pb2.TASK_STATUS_WAITING, kind="wait", start=1)
+    pause.due_at.CopyFrom(at(60))
+    child = make_task("reorder", run_pb2.TASK_STATUS_RUNNING, kind="run_workflow", start=2)
+    child.child_run_id = "c0ffee"
+    check = make_task("stock", run_pb2.TASK_STATUS_SUCCEEDED, kind="query", start=0, end=1)
+    check.warnings.append("query value 12 is above the warning threshold 10")
+    run = run_pb2.Run(
+        run_id="r1",
+        workflow_name="restock",
+        workflow_version=2,
+        status=run_pb2.RUN_STATUS_WAITING,
+        tasks=[check, pause, child],
+        warnings=["stock: query value 12 is above the warning threshold 10"],
+        parent_run_id="p1",
+        parent_node_id="call",
+    )
+
+    text = render.render_run(run, tz=UTC, now=T0 + timedelta(seconds=5))
+
+    assert "resumes at 2026-03-01 12:01:00" in text
+    assert "child run: c0ffee" in text
+    assert "Warning:" in text and "stock: query value 12" in text
+    assert "  warning: query value 12 is above the warning threshold 10" in text
+    assert "Started by run:" in text and "p1 (node call)" in text

@@ -268,6 +268,8 @@ def _header(run: run_pb2.Run, tz: tzinfo | None, now: datetime | None) -> list[s
     ]
     if run.trigger.idempotency_key:
         fields.append(("Idempotency key", run.trigger.idempotency_key))
+    if run.parent_run_id:
+        fields.append(("Started by run", f"{run.parent_run_id} (node {run.parent_node_id})"))
     fields += [
         ("Created", format_time(run, "created_at", tz)),
         ("Started", format_time(run, "started_at", tz)),
@@ -275,7 +277,9 @@ def _header(run: run_pb2.Run, tz: tzinfo | None, now: datetime | None) -> list[s
         ("Duration", duration),
     ]
     width = max(len(label) for label, _ in fields) + 2
-    return [f"{label + ':':<{width}}{value}" for label, value in fields]
+    lines = [f"{label + ':':<{width}}{value}" for label, value in fields]
+    lines += [f"{'Warning:':<{width}}{warning}" for warning in run.warnings]
+    return lines
 
 
 def _task_table(run: run_pb2.Run, tz: tzinfo | None, now: datetime | None) -> str:
@@ -298,6 +302,12 @@ def _task_detail(task: run_pb2.Task, tz: tzinfo | None, limit: int | None) -> li
     kind = ", ".join(p for p in (task.type, task_status_label(task.status)) if p)
     lines = [f"{title} ({kind})"]
     status = TASK_STATUS_FROM_PROTO.get(task.status)
+    if task.HasField("due_at") and status in {TaskStatus.WAITING, TaskStatus.PENDING}:
+        what = "resumes" if status is TaskStatus.WAITING else f"attempt {task.attempt} starts"
+        lines.append(f"  {what} at {format_time(task, 'due_at', tz)}")
+    if task.child_run_id:
+        lines.append(f"  child run: {task.child_run_id}")
+    lines.extend(f"  warning: {warning}" for warning in task.warnings)
     never_ran = status in {TaskStatus.PENDING, TaskStatus.SKIPPED, TaskStatus.CANCELLED}
     if never_ran and not task.attempts and not task.HasField("started_at"):
         return lines
