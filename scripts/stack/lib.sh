@@ -62,6 +62,7 @@ pid_alive() {
 	case "$1" in
 	kafka) [[ "$args" == *kafka.Kafka* ]] ;;
 	ferretdb) [[ "$args" == *flowyard-ferretdb* ]] ;;
+	dev-services) [[ "$args" == *dev_services.py* ]] ;;
 	*) return 1 ;;
 	esac
 }
