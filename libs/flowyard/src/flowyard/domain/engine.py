@@ -13,12 +13,24 @@ the run fails once nothing is in flight any more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from flowyard.domain import inline
 from flowyard.domain.definition import Edge, Node, NodeType, WorkflowDefinition
+from flowyard.domain.effects import (
+    CancelTimers,
+    Decision,
+    DispatchTask,
+    Effect,
+    NotifyParent,
+    RunStatusChanged,
+    ScheduleTimer,
+    StartChildRun,
+    TaskStatusChanged,
+    TimerKind,
+    Timing,
+)
 from flowyard.domain.json import JsonObject, JsonValue
 from flowyard.domain.run import (
     ParentLink,
@@ -32,99 +44,36 @@ from flowyard.domain.run import (
     transition_task,
 )
 
+# The effect types are part of the engine's interface (``engine.DispatchTask`` etc.).
+__all__ = [
+    "MAX_LOST_ATTEMPTS",
+    "CancelTimers",
+    "Decision",
+    "DispatchTask",
+    "Effect",
+    "NotifyParent",
+    "RunStatusChanged",
+    "ScheduleTimer",
+    "StartChildRun",
+    "TaskStatusChanged",
+    "TimerKind",
+    "Timing",
+    "approval_decided",
+    "child_run_finished",
+    "new_run",
+    "reject",
+    "resend_effects",
+    "run_output",
+    "start",
+    "task_failed",
+    "task_input",
+    "task_started",
+    "task_succeeded",
+    "timer_fired",
+]
+
 # A task whose executors keep dying (say, it kills them) fails after this many losses.
 MAX_LOST_ATTEMPTS = 3
-
-
-class TimerKind(StrEnum):
-    RETRY = "retry"
-    WAIT = "wait"
-    LEASE = "lease"
-    DEADLINE = "deadline"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Durations the engine needs to place timers."""
-
-    lease: timedelta = timedelta(seconds=30)
-    # Executors enforce a node's timeout themselves; the scheduler's deadline is the
-    # backstop for an executor that cannot, so it waits a little longer.
-    deadline_grace: timedelta = timedelta(seconds=5)
-
-
-@dataclass(frozen=True)
-class DispatchTask:
-    node: Node
-    attempt: int
-    input: JsonValue
-    not_before: datetime | None = None
-
-
-@dataclass(frozen=True)
-class RunStatusChanged:
-    previous: RunStatus
-    status: RunStatus
-
-
-@dataclass(frozen=True)
-class TaskStatusChanged:
-    node_id: str
-    status: TaskStatus
-    attempt: int
-
-
-@dataclass(frozen=True)
-class ScheduleTimer:
-    node_id: str
-    attempt: int
-    kind: TimerKind
-    due_at: datetime
-    # Re-sent after a redelivery: do not move a timer that exists already.
-    keep_existing: bool = False
-
-
-@dataclass(frozen=True)
-class CancelTimers:
-    """Drop the timers of one task, or of the whole run when ``node_id`` is empty."""
-
-    node_id: str = ""
-
-
-@dataclass(frozen=True)
-class StartChildRun:
-    child: inline.ChildRun
-    parent: ParentLink
-
-
-@dataclass(frozen=True)
-class NotifyParent:
-    parent: ParentLink
-    child_run_id: str
-    status: RunStatus
-    output: JsonValue
-    error: TaskError | None
-
-
-Effect = (
-    DispatchTask
-    | RunStatusChanged
-    | TaskStatusChanged
-    | ScheduleTimer
-    | CancelTimers
-    | StartChildRun
-    | NotifyParent
-)
-
-
-@dataclass(frozen=True)
-class Decision:
-    run: RunState
-    effects: tuple[Effect, ...] = field(default_factory=tuple)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.effects)
 
 
 def new_run(
