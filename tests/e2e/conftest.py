@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +17,8 @@ from flowyard_api_gateway.__main__ import Gateway
 from flowyard_executor.__main__ import serve as serve_executor
 from flowyard_scheduler.__main__ import serve as serve_scheduler
 from prometheus_client import CollectorRegistry
+
+from tests.e2e.servers import Outside, outside_world
 
 
 @dataclass
@@ -58,3 +60,14 @@ async def flowyard(settings: Settings) -> AsyncIterator[RunningFlowyard]:
             for task in done:
                 with contextlib.suppress(asyncio.CancelledError):
                     task.result()  # surfaces a service that crashed during the test
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    """Loopback HTTP, Slack and SMTP servers plus a refused port (see tests/e2e/servers.py).
+
+    A test module points the services at them by overriding ``settings``:
+    ``def settings(settings, outside): return outside.configure(settings)``.
+    """
+    with outside_world() as servers:
+        yield servers
