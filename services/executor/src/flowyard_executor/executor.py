@@ -168,6 +168,7 @@ class Executor:
                     node_id=attempt.node_id,
                     attempt=attempt.number,
                     error=codec.error_to_proto(attempt.error),
+                    output=codec.json_to_value(attempt.output),
                 )
             )
         await self._publisher.publish(self._topics.task_events, attempt.run_id, event)

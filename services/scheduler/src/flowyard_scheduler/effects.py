@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 
 from flowyard import codec
 from flowyard.adapters.kafka import Publisher
-from flowyard.adapters.mongo import MongoStore, StoredTimer
+from flowyard.adapters.mongo import MongoStore
+from flowyard.adapters.mongo_documents import StoredTimer
 from flowyard.config import Topics
 from flowyard.domain import engine
 from flowyard.domain.definition import WorkflowDefinition

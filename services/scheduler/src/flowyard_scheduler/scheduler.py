@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 from flowyard import codec
 from flowyard.adapters.kafka import Publisher, Record
-from flowyard.adapters.mongo import MongoStore, StoredTimer, timer_id
+from flowyard.adapters.mongo import MongoStore
+from flowyard.adapters.mongo_documents import StoredTimer, timer_id
 from flowyard.config import Settings
 from flowyard.domain import engine
 from flowyard.domain.definition import WhenFull, WorkflowDefinition
@@ -106,9 +107,12 @@ class Scheduler:
         elif kind == "task_failed":
             bad = envelope.task_failed
             error = codec.error_from_proto(bad.error)
+            produced = codec.value_to_json(bad.output)
             await self._apply(
                 run_id,
-                lambda r, d, now: engine.task_failed(r, d, bad.node_id, bad.attempt, error, now),
+                lambda r, d, now: engine.task_failed(
+                    r, d, bad.node_id, bad.attempt, error, now, produced
+                ),
                 finished_at=at,
             )
         elif kind == "timer_fired":

@@ -190,12 +190,14 @@ def task_failed(
     attempt: int,
     error: TaskError,
     now: datetime,
+    output: JsonValue = None,
 ) -> Decision:
+    """A failed attempt; ``output`` is what it produced anyway (kept if the task fails)."""
     task = run.tasks.get(node_id)
     if task is None or task.attempt != attempt or not task.in_flight:
         return Decision(run)
     effects: list[Effect] = [CancelTimers(node_id)]
-    run = _fail_attempt(run, definition, task, error, now, effects)
+    run = _fail_attempt(run, definition, task, error, now, effects, output)
     return _advance(run, definition, now, effects)
 
 
@@ -221,6 +223,7 @@ def timer_fired(
         done = replace(
             transition_task(task, TaskStatus.SUCCEEDED, now),
             output=inline.resumed(task.due_at, now),
+            due_at=None,
         )
         run = _with_task(run, done)
         effects.append(TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt))
@@ -379,12 +382,13 @@ def _fail_attempt(
     error: TaskError,
     now: datetime,
     effects: list[Effect],
+    output: JsonValue = None,
 ) -> RunState:
     """A failed attempt: retry under the node's policy, or fail the task."""
     node = definition.node(task.node_id)
     used = task.attempt - task.lost_attempts
     if used >= node.retry.max_attempts or run.status.finished:
-        return _fail_task(run, task, error, now, effects)
+        return _fail_task(run, task, error, now, effects, output)
     next_attempt = task.attempt + 1
     delay = node.retry.backoff_before(used + 1, salt=f"{run.run_id}/{node.id}")
     due = now + timedelta(seconds=delay) if delay > 0 else None
@@ -550,7 +554,8 @@ def _settle(
     if any(t.status is TaskStatus.FAILED for t in tasks) and not in_flight:
         # Nothing can succeed any more: waiting approvals and delays are called off.
         for task in waiting:
-            run = _with_task(run, transition_task(task, TaskStatus.CANCELLED, now))
+            cancelled = replace(transition_task(task, TaskStatus.CANCELLED, now), due_at=None)
+            run = _with_task(run, cancelled)
             effects.append(TaskStatusChanged(task.node_id, TaskStatus.CANCELLED, task.attempt))
         target = RunStatus.FAILED
     elif in_flight:

@@ -456,20 +456,26 @@ class TaskFailed(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     attempt: _builtins.int
     @_builtins.property
     def error(self) -> _run_pb2.TaskError: ...
+    @_builtins.property
+    def output(self) -> _struct_pb2.Value:
+        """What the node produced despite failing (an HTTP status error's response, a query's value)."""
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         error: _run_pb2.TaskError | None = ...,
+        output: _struct_pb2.Value | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "node_id", b"node_id", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
