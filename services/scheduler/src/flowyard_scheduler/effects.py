@@ -16,7 +16,7 @@ from flowyard.adapters.mongo_documents import StoredTimer
 from flowyard.config import Topics
 from flowyard.domain import engine
 from flowyard.domain.definition import WorkflowDefinition
-from flowyard.domain.run import RunState, RunStatus, TriggerInfo, TriggerKind
+from flowyard.domain.run import RunState, RunStatus, TaskStatus, TriggerInfo, TriggerKind
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2, run_pb2
 from google.protobuf.message import Message
@@ -62,7 +62,8 @@ class EffectPublisher:
                 if effect.status.finished and definition.concurrency.max_runs and not run.test:
                     messages.append(await self.free_slot(run))
             elif isinstance(effect, engine.TaskStatusChanged):
-                messages.append((self._topics.run_events, run.run_id, _task_status(run, effect)))
+                event = _task_status(run, definition, effect)
+                messages.append((self._topics.run_events, run.run_id, event))
             elif isinstance(effect, engine.StartChildRun):
                 messages.append((self._topics.triggers, effect.child.run_id, _child(run, effect)))
             else:
@@ -149,13 +150,22 @@ def _run_status(run: RunState, effect: engine.RunStatusChanged) -> events_pb2.En
     return envelope
 
 
-def _task_status(run: RunState, effect: engine.TaskStatusChanged) -> events_pb2.Envelope:
+def _task_status(
+    run: RunState, definition: WorkflowDefinition, effect: engine.TaskStatusChanged
+) -> events_pb2.Envelope:
     envelope = _envelope(run)
+    task = run.tasks.get(effect.node_id)
+    failed = effect.status is TaskStatus.FAILED and task is not None
     envelope.task_status_changed.CopyFrom(
         events_pb2.TaskStatusChanged(
             node_id=effect.node_id,
             status=codec.TASK_STATUS_TO_PROTO[effect.status],
             attempt=effect.attempt,
+            node_type=definition.node(effect.node_id).type.value,
+            warnings=list(task.warnings) if task else [],
+            error=codec.error_to_proto(task.error) if failed and task else None,
+            workflow_name=run.workflow_name,
+            workflow_type=run.workflow_type,
         )
     )
     return envelope

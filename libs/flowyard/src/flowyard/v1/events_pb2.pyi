@@ -525,19 +525,37 @@ class TaskStatusChanged(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    NODE_TYPE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
+    WORKFLOW_TYPE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     status: _run_pb2.TaskStatus.ValueType
     attempt: _builtins.int
+    node_type: _builtins.str
+    """The node's type (e.g. "query"), its warnings and, when it failed, the error."""
+    workflow_name: _builtins.str
+    workflow_type: _builtins.str
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def error(self) -> _run_pb2.TaskError: ...
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         status: _run_pb2.TaskStatus.ValueType = ...,
         attempt: _builtins.int = ...,
+        node_type: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        error: _run_pb2.TaskError | None = ...,
+        workflow_name: _builtins.str = ...,
+        workflow_type: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "node_id", b"node_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "node_id", b"node_id", "node_type", b"node_type", "status", b"status", "warnings", b"warnings", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
