@@ -74,6 +74,8 @@ class Envelope(_message.Message):
     CHILD_RUN_FINISHED_FIELD_NUMBER: _builtins.int
     APPROVAL_DECIDED_FIELD_NUMBER: _builtins.int
     SLOT_FREED_FIELD_NUMBER: _builtins.int
+    RUN_COMMAND_FIELD_NUMBER: _builtins.int
+    CANCEL_TASK_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     run_id: _builtins.str
     workflow_id: _builtins.str
@@ -104,6 +106,10 @@ class Envelope(_message.Message):
     def approval_decided(self) -> Global___ApprovalDecided: ...
     @_builtins.property
     def slot_freed(self) -> Global___SlotFreed: ...
+    @_builtins.property
+    def run_command(self) -> Global___RunCommand: ...
+    @_builtins.property
+    def cancel_task(self) -> Global___CancelTask: ...
     def __init__(
         self,
         *,
@@ -124,12 +130,14 @@ class Envelope(_message.Message):
         child_run_finished: Global___ChildRunFinished | None = ...,
         approval_decided: Global___ApprovalDecided | None = ...,
         slot_freed: Global___SlotFreed | None = ...,
+        run_command: Global___RunCommand | None = ...,
+        cancel_task: Global___CancelTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "payload", b"payload", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "cancel_task", b"cancel_task", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "payload", b"payload", "run_command", b"run_command", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "event_id", b"event_id", "payload", b"payload", "run_id", b"run_id", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "cancel_task", b"cancel_task", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "event_id", b"event_id", "payload", b"payload", "run_command", b"run_command", "run_id", b"run_id", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start_run", "dispatch_task", "task_started", "task_succeeded", "task_failed", "run_status_changed", "task_status_changed", "task_heartbeat", "timer_fired", "child_run_finished", "approval_decided", "slot_freed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start_run", "dispatch_task", "task_started", "task_succeeded", "task_failed", "run_status_changed", "task_status_changed", "task_heartbeat", "timer_fired", "child_run_finished", "approval_decided", "slot_freed", "run_command", "cancel_task"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -450,6 +458,208 @@ class SlotFreed(_message.Message):
 Global___SlotFreed: _TypeAlias = SlotFreed  # noqa: Y015
 
 @_typing.final
+class RunCommand(_message.Message):
+    """flowyard.commands: an operator's action on one run (FEATURES C1-C10)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    RETRY_TASK_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
+    RERUN_FROM_FIELD_NUMBER: _builtins.int
+    SKIP_TASK_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    """The same id twice is applied once."""
+    actor: _builtins.str
+    comment: _builtins.str
+    @_builtins.property
+    def stop(self) -> Global___StopRunAction: ...
+    @_builtins.property
+    def retry_task(self) -> Global___RetryTaskAction: ...
+    @_builtins.property
+    def restart(self) -> Global___RestartRunAction: ...
+    @_builtins.property
+    def rerun_from(self) -> Global___RerunFromAction: ...
+    @_builtins.property
+    def skip_task(self) -> Global___SkipTaskAction: ...
+    @_builtins.property
+    def resume(self) -> Global___ResumeRunAction: ...
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        stop: Global___StopRunAction | None = ...,
+        retry_task: Global___RetryTaskAction | None = ...,
+        restart: Global___RestartRunAction | None = ...,
+        rerun_from: Global___RerunFromAction | None = ...,
+        skip_task: Global___SkipTaskAction | None = ...,
+        resume: Global___ResumeRunAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "rerun_from", b"rerun_from", "restart", b"restart", "resume", b"resume", "retry_task", b"retry_task", "skip_task", b"skip_task", "stop", b"stop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "command_id", b"command_id", "comment", b"comment", "rerun_from", b"rerun_from", "restart", b"restart", "resume", b"resume", "retry_task", b"retry_task", "skip_task", b"skip_task", "stop", b"stop"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["stop", "retry_task", "restart", "rerun_from", "skip_task", "resume"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___RunCommand: _TypeAlias = RunCommand  # noqa: Y015
+
+@_typing.final
+class StopRunAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEANUP_FIELD_NUMBER: _builtins.int
+    cleanup: _builtins.bool
+    """Run the workflow's cleanup nodes once running tasks are stopped (FEATURES C9)."""
+    def __init__(
+        self,
+        *,
+        cleanup: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRunAction: _TypeAlias = StopRunAction  # noqa: Y015
+
+@_typing.final
+class RetryTaskAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_OVERRIDE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def config_override(self) -> _struct_pb2.Struct:
+        """Settings changed for this run only, e.g. {"failure_threshold": 50} (FEATURES C10)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        config_override: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config_override", b"config_override"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_override", b"config_override", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryTaskAction: _TypeAlias = RetryTaskAction  # noqa: Y015
+
+@_typing.final
+class RestartRunAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_VERSION_FIELD_NUMBER: _builtins.int
+    workflow_version: _builtins.int
+    """The workflow version to continue with (the latest when the command was sent)."""
+    def __init__(
+        self,
+        *,
+        workflow_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_version", b"workflow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartRunAction: _TypeAlias = RestartRunAction  # noqa: Y015
+
+@_typing.final
+class RerunFromAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerunFromAction: _TypeAlias = RerunFromAction  # noqa: Y015
+
+@_typing.final
+class SkipTaskAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def output(self) -> _struct_pb2.Value:
+        """What downstream nodes see as this task's output."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        output: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkipTaskAction: _TypeAlias = SkipTaskAction  # noqa: Y015
+
+@_typing.final
+class ResumeRunAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRunAction: _TypeAlias = ResumeRunAction  # noqa: Y015
+
+@_typing.final
+class CancelTask(_message.Message):
+    """flowyard.tasks: stop running this attempt (the run is being stopped)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTask: _TypeAlias = CancelTask  # noqa: Y015
+
+@_typing.final
 class TaskFailed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -493,11 +703,14 @@ class RunStatusChanged(_message.Message):
     WORKFLOW_TYPE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FAILED_NODE_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     status: _run_pb2.RunStatus.ValueType
     previous: _run_pb2.RunStatus.ValueType
     workflow_name: _builtins.str
     workflow_type: _builtins.str
     failed_node_id: _builtins.str
+    actor: _builtins.str
+    """Who caused the change when an operator did (stop, retry ...)."""
     @_builtins.property
     def error(self) -> _run_pb2.TaskError: ...
     def __init__(
@@ -509,10 +722,11 @@ class RunStatusChanged(_message.Message):
         workflow_type: _builtins.str = ...,
         error: _run_pb2.TaskError | None = ...,
         failed_node_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failed_node_id", b"failed_node_id", "previous", b"previous", "status", b"status", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "error", b"error", "failed_node_id", b"failed_node_id", "previous", b"previous", "status", b"status", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -526,3 +526,480 @@ class RunService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RunControlServiceStub:
+    """Fix runs that went wrong (FEATURES C1-C11). Every command is checked against the run's
+    state first (FAILED_PRECONDITION names the state), applied once even when sent twice
+    (the same request_id), audited with who, when and the comment, and keeps all history.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StopRun = channel.unary_unary(
+                '/flowyard.v1.RunControlService/StopRun',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.StopRunRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/flowyard.v1.RunControlService/RetryTask',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+        self.RestartRun = channel.unary_unary(
+                '/flowyard.v1.RunControlService/RestartRun',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.RestartRunRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+        self.RerunFrom = channel.unary_unary(
+                '/flowyard.v1.RunControlService/RerunFrom',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.RerunFromRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+        self.SkipTask = channel.unary_unary(
+                '/flowyard.v1.RunControlService/SkipTask',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.SkipTaskRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/flowyard.v1.RunControlService/ResumeRun',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+        self.ReplayRun = channel.unary_unary(
+                '/flowyard.v1.RunControlService/ReplayRun',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.ReplayRunRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.FromString,
+                _registered_method=True)
+        self.CompareRuns = channel.unary_unary(
+                '/flowyard.v1.RunControlService/CompareRuns',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.CompareRunsRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CompareRunsResponse.FromString,
+                _registered_method=True)
+        self.ListResolutions = channel.unary_unary(
+                '/flowyard.v1.RunControlService/ListResolutions',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.ListResolutionsRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.ListResolutionsResponse.FromString,
+                _registered_method=True)
+        self.ApplyResolution = channel.unary_unary(
+                '/flowyard.v1.RunControlService/ApplyResolution',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.ApplyResolutionRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+                _registered_method=True)
+
+
+class RunControlServiceServicer:
+    """Fix runs that went wrong (FEATURES C1-C11). Every command is checked against the run's
+    state first (FAILED_PRECONDITION names the state), applied once even when sent twice
+    (the same request_id), audited with who, when and the comment, and keeps all history.
+    """
+
+    def StopRun(self, request, context):
+        """Running tasks are cancelled (non-cancellable ones finish), then the run is stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTask(self, request, context):
+        """A new attempt of a failed task with the same inputs; the run continues from there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartRun(self, request, context):
+        """Continue a failed run from its failed tasks on the workflow's current version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerunFrom(self, request, context):
+        """Run a task and everything downstream of it again; upstream results are reused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SkipTask(self, request, context):
+        """Mark a failed task skipped (where its node allows it) and continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Retry every failed task of a failed run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayRun(self, request, context):
+        """A new run with the original (or given) trigger data, linked to the original.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareRuns(self, request, context):
+        """Task-by-task differences in status, duration and output.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResolutions(self, request, context):
+        """What fits a failed run's error, each with a one-line explanation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyResolution(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RunControlServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StopRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRun,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.StopRunRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.RetryTaskRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+            'RestartRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartRun,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.RestartRunRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+            'RerunFrom': grpc.unary_unary_rpc_method_handler(
+                    servicer.RerunFrom,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.RerunFromRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+            'SkipTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipTask,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.SkipTaskRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.ResumeRunRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+            'ReplayRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayRun,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.ReplayRunRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.SerializeToString,
+            ),
+            'CompareRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareRuns,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.CompareRunsRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CompareRunsResponse.SerializeToString,
+            ),
+            'ListResolutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResolutions,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.ListResolutionsRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.ListResolutionsResponse.SerializeToString,
+            ),
+            'ApplyResolution': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyResolution,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.ApplyResolutionRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'flowyard.v1.RunControlService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('flowyard.v1.RunControlService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RunControlService:
+    """Fix runs that went wrong (FEATURES C1-C11). Every command is checked against the run's
+    state first (FAILED_PRECONDITION names the state), applied once even when sent twice
+    (the same request_id), audited with who, when and the comment, and keeps all history.
+    """
+
+    @staticmethod
+    def StopRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/StopRun',
+            flowyard_dot_v1_dot_gateway__pb2.StopRunRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/RetryTask',
+            flowyard_dot_v1_dot_gateway__pb2.RetryTaskRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/RestartRun',
+            flowyard_dot_v1_dot_gateway__pb2.RestartRunRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerunFrom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/RerunFrom',
+            flowyard_dot_v1_dot_gateway__pb2.RerunFromRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/SkipTask',
+            flowyard_dot_v1_dot_gateway__pb2.SkipTaskRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/ResumeRun',
+            flowyard_dot_v1_dot_gateway__pb2.ResumeRunRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/ReplayRun',
+            flowyard_dot_v1_dot_gateway__pb2.ReplayRunRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/CompareRuns',
+            flowyard_dot_v1_dot_gateway__pb2.CompareRunsRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CompareRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResolutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/ListResolutions',
+            flowyard_dot_v1_dot_gateway__pb2.ListResolutionsRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.ListResolutionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyResolution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.RunControlService/ApplyResolution',
+            flowyard_dot_v1_dot_gateway__pb2.ApplyResolutionRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -176,3 +176,148 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """Approve or reject a waiting approval task; the run goes on (or fails) at once."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RunControlServiceStub:
+    """Fix runs that went wrong (FEATURES C1-C11). Every command is checked against the run's
+    state first (FAILED_PRECONDITION names the state), applied once even when sent twice
+    (the same request_id), audited with who, when and the comment, and keeps all history.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RunControlServiceAsyncStub: ...
+    StopRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.StopRunRequest, _gateway_pb2.CommandAccepted]
+    """Running tasks are cancelled (non-cancellable ones finish), then the run is stopped."""
+    RetryTask: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RetryTaskRequest, _gateway_pb2.CommandAccepted]
+    """A new attempt of a failed task with the same inputs; the run continues from there."""
+    RestartRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RestartRunRequest, _gateway_pb2.CommandAccepted]
+    """Continue a failed run from its failed tasks on the workflow's current version."""
+    RerunFrom: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RerunFromRequest, _gateway_pb2.CommandAccepted]
+    """Run a task and everything downstream of it again; upstream results are reused."""
+    SkipTask: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SkipTaskRequest, _gateway_pb2.CommandAccepted]
+    """Mark a failed task skipped (where its node allows it) and continue."""
+    ResumeRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ResumeRunRequest, _gateway_pb2.CommandAccepted]
+    """Retry every failed task of a failed run."""
+    ReplayRun: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReplayRunRequest, _gateway_pb2.StartRunResponse]
+    """A new run with the original (or given) trigger data, linked to the original."""
+    CompareRuns: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CompareRunsRequest, _gateway_pb2.CompareRunsResponse]
+    """Task-by-task differences in status, duration and output."""
+    ListResolutions: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListResolutionsRequest, _gateway_pb2.ListResolutionsResponse]
+    """What fits a failed run's error, each with a one-line explanation."""
+    ApplyResolution: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ApplyResolutionRequest, _gateway_pb2.CommandAccepted]
+
+@_typing.type_check_only
+class RunControlServiceAsyncStub(RunControlServiceStub):
+    """Fix runs that went wrong (FEATURES C1-C11). Every command is checked against the run's
+    state first (FAILED_PRECONDITION names the state), applied once even when sent twice
+    (the same request_id), audited with who, when and the comment, and keeps all history.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    StopRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.StopRunRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+    """Running tasks are cancelled (non-cancellable ones finish), then the run is stopped."""
+    RetryTask: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RetryTaskRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+    """A new attempt of a failed task with the same inputs; the run continues from there."""
+    RestartRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RestartRunRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+    """Continue a failed run from its failed tasks on the workflow's current version."""
+    RerunFrom: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RerunFromRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+    """Run a task and everything downstream of it again; upstream results are reused."""
+    SkipTask: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SkipTaskRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+    """Mark a failed task skipped (where its node allows it) and continue."""
+    ResumeRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ResumeRunRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+    """Retry every failed task of a failed run."""
+    ReplayRun: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReplayRunRequest, _gateway_pb2.StartRunResponse]  # type: ignore[assignment]
+    """A new run with the original (or given) trigger data, linked to the original."""
+    CompareRuns: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CompareRunsRequest, _gateway_pb2.CompareRunsResponse]  # type: ignore[assignment]
+    """Task-by-task differences in status, duration and output."""
+    ListResolutions: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListResolutionsRequest, _gateway_pb2.ListResolutionsResponse]  # type: ignore[assignment]
+    """What fits a failed run's error, each with a one-line explanation."""
+    ApplyResolution: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ApplyResolutionRequest, _gateway_pb2.CommandAccepted]  # type: ignore[assignment]
+
+class RunControlServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Fix runs that went wrong (FEATURES C1-C11). Every command is checked against the run's
+    state first (FAILED_PRECONDITION names the state), applied once even when sent twice
+    (the same request_id), audited with who, when and the comment, and keeps all history.
+    """
+
+    @_abc_1.abstractmethod
+    def StopRun(
+        self,
+        request: _gateway_pb2.StopRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]:
+        """Running tasks are cancelled (non-cancellable ones finish), then the run is stopped."""
+
+    @_abc_1.abstractmethod
+    def RetryTask(
+        self,
+        request: _gateway_pb2.RetryTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]:
+        """A new attempt of a failed task with the same inputs; the run continues from there."""
+
+    @_abc_1.abstractmethod
+    def RestartRun(
+        self,
+        request: _gateway_pb2.RestartRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]:
+        """Continue a failed run from its failed tasks on the workflow's current version."""
+
+    @_abc_1.abstractmethod
+    def RerunFrom(
+        self,
+        request: _gateway_pb2.RerunFromRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]:
+        """Run a task and everything downstream of it again; upstream results are reused."""
+
+    @_abc_1.abstractmethod
+    def SkipTask(
+        self,
+        request: _gateway_pb2.SkipTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]:
+        """Mark a failed task skipped (where its node allows it) and continue."""
+
+    @_abc_1.abstractmethod
+    def ResumeRun(
+        self,
+        request: _gateway_pb2.ResumeRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]:
+        """Retry every failed task of a failed run."""
+
+    @_abc_1.abstractmethod
+    def ReplayRun(
+        self,
+        request: _gateway_pb2.ReplayRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.StartRunResponse, _abc.Awaitable[_gateway_pb2.StartRunResponse]]:
+        """A new run with the original (or given) trigger data, linked to the original."""
+
+    @_abc_1.abstractmethod
+    def CompareRuns(
+        self,
+        request: _gateway_pb2.CompareRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CompareRunsResponse, _abc.Awaitable[_gateway_pb2.CompareRunsResponse]]:
+        """Task-by-task differences in status, duration and output."""
+
+    @_abc_1.abstractmethod
+    def ListResolutions(
+        self,
+        request: _gateway_pb2.ListResolutionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListResolutionsResponse, _abc.Awaitable[_gateway_pb2.ListResolutionsResponse]]:
+        """What fits a failed run's error, each with a one-line explanation."""
+
+    @_abc_1.abstractmethod
+    def ApplyResolution(
+        self,
+        request: _gateway_pb2.ApplyResolutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CommandAccepted, _abc.Awaitable[_gateway_pb2.CommandAccepted]]: ...
+
+def add_RunControlServiceServicer_to_server(servicer: RunControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

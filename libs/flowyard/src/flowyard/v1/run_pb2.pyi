@@ -103,6 +103,48 @@ class TaskError(_message.Message):
 Global___TaskError: _TypeAlias = TaskError  # noqa: Y015
 
 @_typing.final
+class AuditEntry(_message.Message):
+    """One operator action on a run (FEATURES C11)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    action: _builtins.str
+    """stop, cancel, retry_task, restart, rerun_from, skip_task, resume, approve, reject, replay"""
+    node_id: _builtins.str
+    comment: _builtins.str
+    command_id: _builtins.str
+    detail: _builtins.str
+    """Action-specific detail, e.g. "version 3", "override failure_threshold=50"."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        command_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "command_id", b"command_id", "comment", b"comment", "detail", b"detail", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
 class TriggerInfo(_message.Message):
     """What started a run (FEATURES T6)."""
 
@@ -295,6 +337,8 @@ class Run(_message.Message):
     TEST_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    REPLAY_OF_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workflow_id: _builtins.str
     workflow_name: _builtins.str
@@ -307,6 +351,8 @@ class Run(_message.Message):
     parent_run_id: _builtins.str
     """Set when a run-workflow node of another run started this run."""
     parent_node_id: _builtins.str
+    replay_of: _builtins.str
+    """A replay names the run it replays."""
     @_builtins.property
     def trigger(self) -> Global___TriggerInfo: ...
     @_builtins.property
@@ -327,6 +373,8 @@ class Run(_message.Message):
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Warnings of the run's tasks, as "node: message"."""
 
+    @_builtins.property
+    def audit(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
     def __init__(
         self,
         *,
@@ -348,10 +396,12 @@ class Run(_message.Message):
         test: _builtins.bool = ...,
         parent_run_id: _builtins.str = ...,
         parent_node_id: _builtins.str = ...,
+        audit: _abc.Iterable[Global___AuditEntry] | None = ...,
+        replay_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration", b"duration", "error", b"error", "finished_at", b"finished_at", "started_at", b"started_at", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration", b"duration", "error", b"error", "failed_node_id", b"failed_node_id", "finished_at", b"finished_at", "parent_node_id", b"parent_node_id", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "test", b"test", "trigger", b"trigger", "warnings", b"warnings", "workflow_id", b"workflow_id", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "created_at", b"created_at", "duration", b"duration", "error", b"error", "failed_node_id", b"failed_node_id", "finished_at", b"finished_at", "parent_node_id", b"parent_node_id", "parent_run_id", b"parent_run_id", "replay_of", b"replay_of", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "test", b"test", "trigger", b"trigger", "warnings", b"warnings", "workflow_id", b"workflow_id", "workflow_name", b"workflow_name", "workflow_type", b"workflow_type", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
