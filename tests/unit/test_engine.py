@@ -1294,12 +1294,14 @@ def test_timers_of_a_finished_run_change_nothing() -> None:
 # --- transition tables -----------------------------------------------------------------
 
 
-def test_transition_tables_forbid_leaving_final_states() -> None:
+def test_transition_tables_forbid_illegal_moves() -> None:
     d = linear()
     run = engine.new_run("r", "w", 1, d, TriggerInfo(TriggerKind.API), T0)
     done = transition_run(transition_run(run, RunStatus.RUNNING, T0), RunStatus.SUCCEEDED, T0)
     with pytest.raises(InvalidTransitionError):
-        transition_run(done, RunStatus.RUNNING, T0)
+        transition_run(done, RunStatus.FAILED, T0)
+    with pytest.raises(InvalidTransitionError):
+        transition_run(run, RunStatus.SUCCEEDED, T0)  # queued runs never skip running
     task = transition_task(run.task("a"), TaskStatus.RUNNING, T0)
     with pytest.raises(InvalidTransitionError):
         transition_task(task, TaskStatus.SKIPPED, T0)

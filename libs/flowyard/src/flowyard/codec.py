@@ -13,6 +13,7 @@ from typing import Any, cast
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from flowyard.domain.control import Command
 from flowyard.domain.definition import (
     NodeType,
     WorkflowDefinition,
@@ -116,6 +117,8 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
                     jitter=node.retry.jitter,
                 ),
                 non_cancellable=not node.cancellable,
+                cleanup=node.cleanup,
+                not_skippable=not node.skippable,
             )
         )
     for edge in definition.edges:
@@ -139,6 +142,8 @@ def definition_from_proto(message: workflow_pb2.WorkflowDefinition) -> WorkflowD
             "context": struct_to_json(node.context),
             "timeout_seconds": node.timeout_seconds,
             "cancellable": not node.non_cancellable,
+            "cleanup": node.cleanup,
+            "skippable": not node.not_skippable,
         }
         if node.HasField("retry"):
             raw["retry"] = {
@@ -286,6 +291,19 @@ def run_to_proto(
         test=run.test,
         parent_run_id=run.parent.run_id if run.parent else "",
         parent_node_id=run.parent.node_id if run.parent else "",
+        replay_of=run.replay_of,
+        audit=[
+            run_pb2.AuditEntry(
+                at=time_to_proto(a.at),
+                actor=a.actor,
+                action=a.action,
+                node_id=a.node_id,
+                comment=a.comment,
+                command_id=a.command_id,
+                detail=a.detail,
+            )
+            for a in run.audit
+        ],
     )
     for node_id, task in run.tasks.items():
         node = definition.node(node_id) if definition else None
@@ -315,6 +333,25 @@ def run_to_proto(
             entry.input.CopyFrom(json_to_value(run.trigger.data))
         message.tasks.append(entry)
     return message
+
+
+def command_from_proto(message: events_pb2.RunCommand) -> Command:
+    """An operator's command as the domain sees it."""
+    action = message.WhichOneof("action")
+    if action is None:
+        raise DecodeError("run command without an action")
+    body = getattr(message, action)
+    return Command(
+        action=action,
+        actor=message.actor,
+        command_id=message.command_id,
+        comment=message.comment,
+        node_id=getattr(body, "node_id", ""),
+        cleanup=getattr(body, "cleanup", False),
+        output=value_to_json(body.output) if action == "skip_task" else None,
+        config_override=struct_to_json(body.config_override) if action == "retry_task" else {},
+        workflow_version=getattr(body, "workflow_version", 0),
+    )
 
 
 # --- Kafka envelopes -------------------------------------------------------------------

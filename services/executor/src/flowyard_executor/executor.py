@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,14 +24,18 @@ from flowyard import codec
 from flowyard.adapters.kafka import Publisher, Record
 from flowyard.adapters.mongo import MongoStore
 from flowyard.config import Settings
-from flowyard.domain.run import Attempt, TaskStatus
+from flowyard.domain.engine import CANCELLED_CODE
+from flowyard.domain.run import Attempt, TaskError, TaskStatus
 from flowyard.errors import DecodeError, InfrastructureError
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2
 
 from flowyard_executor.actions import Actions
+from flowyard_executor.nodes import NodeOutcome
 
 log = logging.getLogger(__name__)
+
+MAX_REMEMBERED_CANCELS = 10_000
 
 
 def _now() -> datetime:
@@ -60,8 +65,14 @@ class Executor:
         self._metrics = metrics
         self._clock = clock
         self.executor_id = executor_id or new_executor_id()
+        self._running: dict[tuple[str, str, int], asyncio.Task[NodeOutcome]] = {}
+        # Cancellations seen, so a dispatch that arrives after its cancel never starts.
+        self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
 
     async def handle(self, envelope: events_pb2.Envelope, record: Record) -> None:
+        if envelope.WhichOneof("payload") == "cancel_task":
+            self._cancel(envelope.run_id, envelope.cancel_task)
+            return
         if envelope.WhichOneof("payload") != "dispatch_task":
             raise DecodeError(
                 f"the executor does not handle {envelope.WhichOneof('payload')!r} messages"
@@ -69,6 +80,9 @@ class Executor:
         dispatch = envelope.dispatch_task
         if not envelope.run_id or not dispatch.node_id or dispatch.attempt < 1:
             raise DecodeError("dispatch needs run_id, node_id and an attempt >= 1")
+        key = (envelope.run_id, dispatch.node_id, dispatch.attempt)
+        if key in self._cancelled:
+            return  # stopped before it started: the scheduler counts it cancelled already
         inputs = codec.value_to_json(dispatch.input)
         attempt = Attempt(
             run_id=envelope.run_id,
@@ -103,14 +117,28 @@ class Executor:
         await self._publisher.publish(self._topics.task_events, envelope.run_id, started)
         self._metrics.tasks_in_flight.inc()
         heartbeat = asyncio.create_task(self._beat(envelope), name="heartbeat")
-        try:
-            outcome = await self._actions.run(
+        # Its own task, so that a stop cancels the action (killing a code process)
+        # without cancelling this handler, which still reports the outcome.
+        action = asyncio.create_task(
+            self._actions.run(
                 dispatch.node_type,
                 codec.struct_to_json(dispatch.config),
                 inputs,
                 dispatch.timeout_seconds or None,
             )
+        )
+        self._running[key] = action
+        try:
+            outcome = await asyncio.shield(action)
+        except asyncio.CancelledError:
+            if not (action.cancelled() and key in self._cancelled):
+                action.cancel()  # the executor itself is shutting down
+                raise
+            outcome = NodeOutcome(
+                error=TaskError(CANCELLED_CODE, "stopped by an operator while it ran")
+            )
         finally:
+            self._running.pop(key, None)
             heartbeat.cancel()
             self._metrics.tasks_in_flight.dec()
         finished = replace(
@@ -130,6 +158,16 @@ class Executor:
         self._metrics.tasks_finished.labels(
             node_type=dispatch.node_type, status=finished.status.value
         ).inc()
+
+    def _cancel(self, run_id: str, cancel: events_pb2.CancelTask) -> None:
+        key = (run_id, cancel.node_id, cancel.attempt)
+        self._cancelled[key] = None
+        while len(self._cancelled) > MAX_REMEMBERED_CANCELS:
+            self._cancelled.popitem(last=False)
+        action = self._running.get(key)
+        if action is not None:
+            log.info("cancelling %s/%s attempt %d", run_id, cancel.node_id, cancel.attempt)
+            action.cancel()
 
     async def _beat(self, dispatch: events_pb2.Envelope) -> None:
         """Tell the scheduler this attempt is alive until it finishes."""

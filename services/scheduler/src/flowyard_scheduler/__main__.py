@@ -14,6 +14,7 @@ from flowyard.service import run_service
 
 from flowyard_scheduler.scheduler import Scheduler
 from flowyard_scheduler.timers import TimerPoller
+from flowyard_scheduler.triggers import TriggerLoops
 
 SERVICE = "scheduler"
 
@@ -41,7 +42,9 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
         ) as consumer:
             poller = asyncio.create_task(timers.run_until(stop), name="timer-poller")
             try:
-                await consumer.run_until(stop)
+                # Schedules and producers' events (FEATURES T2, T4), beside the run loop.
+                async with TriggerLoops(settings, store, publisher, metrics, SERVICE, stop):
+                    await consumer.run_until(stop)
             finally:
                 # Cancelling mid-batch is safe: a timer is deleted only after it fired.
                 poller.cancel()

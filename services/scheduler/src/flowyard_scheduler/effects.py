@@ -21,6 +21,8 @@ from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2, run_pb2
 from google.protobuf.message import Message
 
+from flowyard_scheduler.run_after import RunAfter
+
 TIMER_KIND_TO_PROTO = {
     engine.TimerKind.RETRY: events_pb2.TIMER_KIND_RETRY,
     engine.TimerKind.WAIT: events_pb2.TIMER_KIND_WAIT,
@@ -38,6 +40,8 @@ class EffectPublisher:
         self._store = store
         self._publisher = publisher
         self._metrics = metrics
+        # Starts the workflows that run after a run that succeeded (FEATURES T5).
+        self.run_after = RunAfter(topics, store, publisher, metrics)
 
     async def carry_out(
         self,
@@ -66,11 +70,15 @@ class EffectPublisher:
                 messages.append((self._topics.run_events, run.run_id, event))
             elif isinstance(effect, engine.StartChildRun):
                 messages.append((self._topics.triggers, effect.child.run_id, _child(run, effect)))
+            elif isinstance(effect, engine.CancelTask):
+                messages.append((self._topics.tasks, run.run_id, _cancel(run, effect)))
             else:
                 parent = effect.parent
                 messages.append((self._topics.task_events, parent.run_id, _notify(effect)))
         if messages:
             await self._publisher.publish_many(messages)
+        if any(_succeeded(effect) for effect in effects):
+            await self.run_after.run_finished(run, definition)
         if dispatched and finished_at is not None:
             handoff = (datetime.now(UTC) - finished_at).total_seconds()
             self._metrics.step_handoff.observe(max(0.0, handoff))
@@ -99,6 +107,10 @@ class EffectPublisher:
                 self._metrics.run_duration.labels(workflow=run.workflow_name).observe(
                     (run.finished_at - run.started_at).total_seconds()
                 )
+
+
+def _succeeded(effect: engine.Effect) -> bool:
+    return isinstance(effect, engine.RunStatusChanged) and effect.status is RunStatus.SUCCEEDED
 
 
 def _envelope(run: RunState) -> events_pb2.Envelope:
@@ -145,6 +157,7 @@ def _run_status(run: RunState, effect: engine.RunStatusChanged) -> events_pb2.En
             workflow_type=run.workflow_type,
             error=codec.error_to_proto(run.error),
             failed_node_id=run.failed_node_id,
+            actor=run.stopped_by if effect.status.finished else "",
         )
     )
     return envelope
@@ -191,6 +204,14 @@ def _child(run: RunState, effect: engine.StartChildRun) -> events_pb2.Envelope:
                 wait=effect.parent.wait,
             ),
         )
+    )
+    return envelope
+
+
+def _cancel(run: RunState, effect: engine.CancelTask) -> events_pb2.Envelope:
+    envelope = _envelope(run)
+    envelope.cancel_task.CopyFrom(
+        events_pb2.CancelTask(node_id=effect.node_id, attempt=effect.attempt)
     )
     return envelope
 

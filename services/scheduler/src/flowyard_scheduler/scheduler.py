@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from flowyard import codec
@@ -20,7 +21,7 @@ from flowyard.adapters.kafka import Publisher, Record
 from flowyard.adapters.mongo import MongoStore
 from flowyard.adapters.mongo_documents import StoredTimer, timer_id
 from flowyard.config import Settings
-from flowyard.domain import engine
+from flowyard.domain import control, engine
 from flowyard.domain.definition import WhenFull, WorkflowDefinition
 from flowyard.domain.run import (
     ParentLink,
@@ -119,6 +120,8 @@ class Scheduler:
             await self._timer_fired(envelope)
         elif kind == "child_run_finished":
             await self._child_run_finished(envelope)
+        elif kind == "run_command":
+            await self._run_command(envelope)
         elif kind == "approval_decided":
             a = envelope.approval_decided
             await self._apply(
@@ -291,6 +294,25 @@ class Scheduler:
             ),
         )
 
+    async def _run_command(self, envelope: events_pb2.Envelope) -> None:
+        command = codec.command_from_proto(envelope.run_command)
+        current: WorkflowDefinition | None = None
+        if command.action == "restart":
+            run = await self._load(envelope.run_id)
+            if run is None:
+                raise DecodeError(f"command for unknown run {envelope.run_id}")
+            if not run.test:
+                latest = await self._store.latest_workflow(run.workflow_id)
+                version = command.workflow_version or latest.version
+                stored = await self._store.workflow_version(run.workflow_id, version)
+                current = stored.definition
+                self._definitions[(run.workflow_id, version)] = current
+                command = replace(command, workflow_version=version)
+        await self._apply(
+            envelope.run_id,
+            lambda r, d, now: control.apply_command(r, d, command, now, current),
+        )
+
     # --- the loop every event goes through ---------------------------------------------
 
     async def _apply(
@@ -314,6 +336,7 @@ class Scheduler:
                 await self._effects.carry_out(run, definition, resend)
                 if run.status.finished and definition.concurrency.max_runs and not run.test:
                     await self._effects.publish(await self._effects.free_slot(run))
+                await self._effects.run_after.run_finished(run, definition)  # idempotent
                 return
             try:
                 stored = await self._store.save_run(decision.run, run.revision)
@@ -321,6 +344,8 @@ class Scheduler:
                 self._runs.pop(run_id, None)
                 continue
             self._remember(stored)
+            if stored.workflow_version != run.workflow_version:  # a restart on a new version
+                definition = await self._definition(stored)
             await self._effects.carry_out(stored, definition, decision.effects, finished_at)
             return
         raise ConflictError(f"run {run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicts")

@@ -20,6 +20,7 @@ from flowyard.domain.definition import (
 from flowyard.domain.json import JsonValue
 from flowyard.domain.run import (
     Attempt,
+    AuditEntry,
     ParentLink,
     RunState,
     RunStatus,
@@ -163,6 +164,22 @@ def run_to_doc(run: RunState) -> Document:
         "failed_node_id": run.failed_node_id,
         "revision": run.revision,
         "test": run.test,
+        "audit": [
+            {
+                "at": a.at,
+                "actor": a.actor,
+                "action": a.action,
+                "node_id": a.node_id,
+                "comment": a.comment,
+                "command_id": a.command_id,
+                "detail": a.detail,
+            }
+            for a in run.audit
+        ],
+        "replay_of": run.replay_of,
+        "overrides": dump_json({k: dict(v) for k, v in run.overrides.items()}),
+        "stopped_by": run.stopped_by,
+        "cleanup_requested": run.cleanup_requested,
         "parent": None
         if run.parent is None
         else {
@@ -185,6 +202,8 @@ def run_to_doc(run: RunState) -> Document:
                 "executor_id": t.executor_id,
                 "child_run_id": t.child_run_id,
                 "lost_attempts": t.lost_attempts,
+                "base_attempt": t.base_attempt,
+                "skipped_by_operator": t.skipped_by_operator,
             }
             for t in run.tasks.values()
         ],
@@ -214,6 +233,22 @@ def run_from_doc(doc: Document) -> RunState:
         failed_node_id=doc.get("failed_node_id", ""),
         revision=int(doc.get("revision", 0)),
         test=bool(doc.get("test", False)),
+        audit=tuple(
+            AuditEntry(
+                at=a["at"],
+                actor=a.get("actor", ""),
+                action=a["action"],
+                node_id=a.get("node_id", ""),
+                comment=a.get("comment", ""),
+                command_id=a.get("command_id", ""),
+                detail=a.get("detail", ""),
+            )
+            for a in doc.get("audit") or ()
+        ),
+        replay_of=doc.get("replay_of", ""),
+        overrides=_overrides(doc.get("overrides")),
+        stopped_by=doc.get("stopped_by", ""),
+        cleanup_requested=bool(doc.get("cleanup_requested", False)),
         parent=parent_from_doc(doc.get("parent")),
         tasks={
             t["node_id"]: TaskState(
@@ -229,10 +264,19 @@ def run_from_doc(doc: Document) -> RunState:
                 executor_id=t.get("executor_id", ""),
                 child_run_id=t.get("child_run_id", ""),
                 lost_attempts=int(t.get("lost_attempts", 0)),
+                base_attempt=int(t.get("base_attempt", 0)),
+                skipped_by_operator=bool(t.get("skipped_by_operator", False)),
             )
             for t in doc.get("tasks", [])
         },
     )
+
+
+def _overrides(text: str | None) -> dict[str, dict[str, JsonValue]]:
+    loaded = load_json(text) if text else None
+    if not isinstance(loaded, dict):
+        return {}
+    return {k: dict(v) for k, v in loaded.items() if isinstance(v, dict)}
 
 
 def parent_from_doc(doc: Document | None) -> ParentLink | None:

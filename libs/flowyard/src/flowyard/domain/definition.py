@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from flowyard.domain import expressions, node_config
+from flowyard.domain.triggers import config_problems as trigger_problems
 from flowyard.domain.json import JsonObject, JsonValue
 from flowyard.errors import DefinitionError, Problem
 
@@ -100,6 +101,10 @@ class Node:
     timeout_seconds: int = 0
     retry: RetryPolicy = RetryPolicy()
     cancellable: bool = True
+    # Runs only when the run is stopped with cleanup (compensation), never otherwise.
+    cleanup: bool = False
+    # Whether an operator may skip the task after it failed.
+    skippable: bool = True
 
     @property
     def display_name(self) -> str:
@@ -147,7 +152,17 @@ class WorkflowDefinition:
     def sinks(self) -> tuple[str, ...]:
         """Nodes nothing follows: their outputs are the run's output."""
         sources = {e.source for e in self.edges}
-        return tuple(n.id for n in self.nodes if n.id not in sources)
+        return tuple(n.id for n in self.nodes if n.id not in sources and not n.cleanup)
+
+    def descendants(self, node_id: str) -> frozenset[str]:
+        seen: set[str] = set()
+        stack = list(self.children(node_id))
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self.children(current))
+        return frozenset(seen)
 
     def ancestors(self, node_id: str) -> frozenset[str]:
         seen: set[str] = set()
@@ -281,7 +296,7 @@ def _parse_node(index: int, raw: object, problems: list[Problem]) -> Node | None
     where = f"node {node_id!r}" if isinstance(node_id, str) and node_id else f"nodes[{index}]"
     allowed = {
         "id", "type", "name", "description", "stage", "config",
-        "context", "timeout_seconds", "retry", "cancellable",
+        "context", "timeout_seconds", "retry", "cancellable", "cleanup", "skippable",
     }  # fmt: skip
     for key in sorted(set(raw) - allowed):
         problems.append(Problem(where, f"unknown field {key!r}"))
@@ -321,7 +336,13 @@ def _parse_node(index: int, raw: object, problems: list[Problem]) -> Node | None
     if not isinstance(timeout, int) or isinstance(timeout, bool):
         problems.append(Problem(where, "'timeout_seconds' must be an integer"))
         timeout = 0
-    cancellable = raw.get("cancellable", True)
+    flags = {}
+    for flag, default in (("cancellable", True), ("cleanup", False), ("skippable", True)):
+        value = raw.get(flag, default)
+        if not isinstance(value, bool):
+            problems.append(Problem(where, f"'{flag}' must be true or false"))
+            value = default
+        flags[flag] = value
     return Node(
         id=node_id,
         type=node_type,
@@ -332,7 +353,9 @@ def _parse_node(index: int, raw: object, problems: list[Problem]) -> Node | None
         context=dict(context),
         timeout_seconds=timeout,
         retry=retry,
-        cancellable=bool(cancellable),
+        cancellable=flags["cancellable"],
+        cleanup=flags["cleanup"],
+        skippable=flags["skippable"],
     )
 
 
@@ -399,9 +422,23 @@ def find_problems(definition: WorkflowDefinition) -> list[Problem]:
         problems.append(Problem("edges", f"the graph has a cycle through {_cycle(definition)}"))
         return problems
     trigger = triggers[0]
+    cleanup = {n.id for n in definition.nodes if n.cleanup}
     for node in definition.nodes:
-        if node.id != trigger and trigger not in definition.ancestors(node.id):
+        if node.cleanup:
+            if node.type is NodeType.TRIGGER:
+                problems.append(
+                    Problem(f"node {node.id!r}", "the trigger cannot be a cleanup node")
+                )
+        elif node.id != trigger and trigger not in definition.ancestors(node.id):
             problems.append(Problem(f"node {node.id!r}", "is not reachable from the trigger"))
+    for edge in definition.edges:
+        if (edge.source in cleanup) != (edge.target in cleanup):
+            problems.append(
+                Problem(
+                    f"edge {edge.source}->{edge.target}",
+                    "cleanup nodes connect only to other cleanup nodes",
+                )
+            )
     return problems
 
 
@@ -482,6 +519,8 @@ def _config_problems(node: Node) -> list[Problem]:
         messages.extend(
             f"config.input: {p}" for p in expressions.template_problems(config.get("input"))
         )
+    elif node.type is NodeType.TRIGGER:
+        messages.extend(trigger_problems(config))
     elif node.type is NodeType.APPROVAL:
         approvers = config.get("approvers", [])
         if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
@@ -546,6 +585,8 @@ def definition_to_document(definition: WorkflowDefinition) -> dict[str, JsonValu
                     "jitter": n.retry.jitter,
                 },
                 "cancellable": n.cancellable,
+                **({"cleanup": True} if n.cleanup else {}),
+                **({"skippable": False} if not n.skippable else {}),
             }
         )
     edges: list[JsonValue] = [

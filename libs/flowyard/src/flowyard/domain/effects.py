@@ -71,6 +71,14 @@ class CancelTimers:
 
 
 @dataclass(frozen=True)
+class CancelTask:
+    """Tell executors to kill a running (or not yet started) attempt."""
+
+    node_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class StartChildRun:
     child: inline.ChildRun
     parent: ParentLink
@@ -91,6 +99,7 @@ Effect = (
     | TaskStatusChanged
     | ScheduleTimer
     | CancelTimers
+    | CancelTask
     | StartChildRun
     | NotifyParent
 )

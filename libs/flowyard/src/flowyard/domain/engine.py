@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from flowyard.domain import inline
 from flowyard.domain.definition import Edge, Node, NodeType, WorkflowDefinition
 from flowyard.domain.effects import (
+    CancelTask,
     CancelTimers,
     Decision,
     DispatchTask,
@@ -33,6 +34,7 @@ from flowyard.domain.effects import (
 )
 from flowyard.domain.json import JsonObject, JsonValue
 from flowyard.domain.run import (
+    AuditEntry,
     ParentLink,
     RunState,
     RunStatus,
@@ -47,6 +49,7 @@ from flowyard.domain.run import (
 # The effect types are part of the engine's interface (``engine.DispatchTask`` etc.).
 __all__ = [
     "MAX_LOST_ATTEMPTS",
+    "CancelTask",
     "CancelTimers",
     "Decision",
     "DispatchTask",
@@ -58,6 +61,7 @@ __all__ = [
     "TaskStatusChanged",
     "TimerKind",
     "Timing",
+    "advance",
     "approval_decided",
     "child_run_finished",
     "new_run",
@@ -71,6 +75,9 @@ __all__ = [
     "task_succeeded",
     "timer_fired",
 ]
+
+# The error code an executor reports for an attempt it killed on a stop.
+CANCELLED_CODE = "task.cancelled"
 
 # A task whose executors keep dying (say, it kills them) fails after this many losses.
 MAX_LOST_ATTEMPTS = 3
@@ -259,6 +266,9 @@ def approval_decided(
         return Decision(run)
     output = inline.decision_output(approved, decided_by, comment, now)
     effects: list[Effect] = []
+    action = "approve" if approved else "reject"
+    entry = AuditEntry(at=now, actor=decided_by, action=action, node_id=node_id, comment=comment)
+    run = replace(run, audit=(*run.audit, entry))
     if approved:
         done = replace(transition_task(task, TaskStatus.SUCCEEDED, now), output=output)
         run = _with_task(run, done)
@@ -386,8 +396,14 @@ def _fail_attempt(
 ) -> RunState:
     """A failed attempt: retry under the node's policy, or fail the task."""
     node = definition.node(task.node_id)
-    used = task.attempt - task.lost_attempts
-    if used >= node.retry.max_attempts or run.status.finished:
+    used = task.attempt - task.base_attempt - task.lost_attempts
+    if run.status is RunStatus.STOPPING and error.code == CANCELLED_CODE:
+        cancelled = replace(
+            transition_task(task, TaskStatus.CANCELLED, now), error=error, due_at=None
+        )
+        effects.append(TaskStatusChanged(task.node_id, TaskStatus.CANCELLED, task.attempt))
+        return _with_task(run, cancelled)
+    if used >= node.retry.max_attempts or run.status.finished or run.status is RunStatus.STOPPING:
         return _fail_task(run, task, error, now, effects, output)
     next_attempt = task.attempt + 1
     delay = node.retry.backoff_before(used + 1, salt=f"{run.run_id}/{node.id}")
@@ -456,6 +472,8 @@ def _fail_task(
 
 
 def _edge_live(edge: Edge, parent: TaskState) -> bool:
+    if parent.status is TaskStatus.SKIPPED and parent.skipped_by_operator:
+        return True  # the operator chose to go on past this task
     if parent.status is not TaskStatus.SUCCEEDED:
         return False
     if not edge.when:
@@ -468,12 +486,19 @@ def _advance(
     run: RunState, definition: WorkflowDefinition, now: datetime, effects: list[Effect]
 ) -> Decision:
     """Start every node whose parents are done, then settle the run's status."""
-    if run.status in (RunStatus.RUNNING, RunStatus.WAITING):
+    if run.status in (RunStatus.RUNNING, RunStatus.WAITING) or _cleaning(run, definition):
         # Topological order: a condition settled inline is seen by its children below.
         for node_id in definition.topological_order():
             task = run.tasks[node_id]
             edges = definition.incoming(node_id)
-            if task.status is not TaskStatus.PENDING or task.attempt or not edges:
+            node = definition.node(node_id)
+            if task.status is not TaskStatus.PENDING or task.begun:
+                continue
+            if node.cleanup != (run.status is RunStatus.STOPPING):
+                continue  # cleanup nodes run only while a stop with cleanup finishes
+            if not edges:
+                if node.cleanup:  # a root of the cleanup graph
+                    run = _begin(run, definition, node, now, effects)
                 continue
             parents = {e.source: run.tasks[e.source] for e in edges}
             if not all(p.status.finished for p in parents.values()):
@@ -484,8 +509,24 @@ def _advance(
                 run = _with_task(run, transition_task(task, TaskStatus.SKIPPED, now))
                 effects.append(TaskStatusChanged(node_id, TaskStatus.SKIPPED, 0))
                 continue
-            run = _begin(run, definition, definition.node(node_id), now, effects)
+            run = _begin(run, definition, node, now, effects)
     return Decision(_settle(run, definition, now, effects), tuple(effects))
+
+
+def advance(
+    run: RunState, definition: WorkflowDefinition, now: datetime, effects: list[Effect]
+) -> Decision:
+    """Start what is ready and settle the run (for operators' commands)."""
+    return _advance(run, definition, now, effects)
+
+
+def _cleaning(run: RunState, definition: WorkflowDefinition) -> bool:
+    """A stop with cleanup whose regular tasks have all come to rest."""
+    if run.status is not RunStatus.STOPPING or not run.cleanup_requested:
+        return False
+    return not any(
+        t.in_flight for t in run.tasks.values() if not definition.node(t.node_id).cleanup
+    )
 
 
 def _begin(
@@ -495,12 +536,14 @@ def _begin(
     now: datetime,
     effects: list[Effect],
 ) -> RunState:
-    """The first attempt of a node: dispatched, or settled here for inline node types."""
-    task = replace(run.task(node.id), attempt=1)
+    """The round's first attempt of a node: dispatched, or settled here for inline types."""
+    n = run.task(node.id).base_attempt + 1
+    task = replace(run.task(node.id), attempt=n)
+    node = effective_node(run, node)
     scope = task_input(run, definition, node)
     if node.type.runs_on_executor:
-        effects.append(TaskStatusChanged(node.id, TaskStatus.PENDING, 1))
-        effects.append(DispatchTask(node, 1, scope))
+        effects.append(TaskStatusChanged(node.id, TaskStatus.PENDING, n))
+        effects.append(DispatchTask(node, n, scope))
         return _with_task(run, task)
     if node.type in (NodeType.CONDITION, NodeType.TRANSFORM):
         evaluate = inline.condition if node.type is NodeType.CONDITION else inline.transform
@@ -508,28 +551,28 @@ def _begin(
         if settled.error is not None:
             return _fail_task(run, task, settled.error, now, effects)
         done = replace(transition_task(task, TaskStatus.SUCCEEDED, now), output=settled.output)
-        effects.append(TaskStatusChanged(node.id, TaskStatus.SUCCEEDED, 1))
+        effects.append(TaskStatusChanged(node.id, TaskStatus.SUCCEEDED, n))
         return _with_task(run, done)
     if node.type is NodeType.WAIT:
         due = inline.wait_until(node, scope, now)
         if isinstance(due, TaskError):
             return _fail_task(run, task, due, now, effects)
         waiting = replace(transition_task(task, TaskStatus.WAITING, now), due_at=due)
-        effects.append(TaskStatusChanged(node.id, TaskStatus.WAITING, 1))
-        effects.append(ScheduleTimer(node.id, 1, TimerKind.WAIT, due))
+        effects.append(TaskStatusChanged(node.id, TaskStatus.WAITING, n))
+        effects.append(ScheduleTimer(node.id, n, TimerKind.WAIT, due))
         return _with_task(run, replace(waiting, started_at=now))
     if node.type is NodeType.APPROVAL:
         waiting = replace(transition_task(task, TaskStatus.WAITING, now), started_at=now)
-        effects.append(TaskStatusChanged(node.id, TaskStatus.WAITING, 1))
+        effects.append(TaskStatusChanged(node.id, TaskStatus.WAITING, n))
         return _with_task(run, waiting)
     if node.type is NodeType.RUN_WORKFLOW:
-        child = inline.child_run(run.run_id, node, 1, scope)
+        child = inline.child_run(run.run_id, node, n, scope)
         if isinstance(child, TaskError):
             return _fail_task(run, task, child, now, effects)
-        effects.append(StartChildRun(child, ParentLink(run.run_id, node.id, 1, child.wait)))
+        effects.append(StartChildRun(child, ParentLink(run.run_id, node.id, n, child.wait)))
         if child.wait:
             running = transition_task(task, TaskStatus.RUNNING, now)
-            effects.append(TaskStatusChanged(node.id, TaskStatus.RUNNING, 1))
+            effects.append(TaskStatusChanged(node.id, TaskStatus.RUNNING, n))
             return _with_task(run, replace(running, child_run_id=child.run_id))
         output: JsonObject = {"run_id": child.run_id, "workflow": child.workflow}
         done = replace(
@@ -537,7 +580,7 @@ def _begin(
             output=output,
             child_run_id=child.run_id,
         )
-        effects.append(TaskStatusChanged(node.id, TaskStatus.SUCCEEDED, 1))
+        effects.append(TaskStatusChanged(node.id, TaskStatus.SUCCEEDED, n))
         return _with_task(run, done)
     error = TaskError("node.unsupported", f"the engine cannot run {node.type.value!r} nodes")
     return _fail_task(run, task, error, now, effects)
@@ -546,39 +589,80 @@ def _begin(
 def _settle(
     run: RunState, definition: WorkflowDefinition, now: datetime, effects: list[Effect]
 ) -> RunState:
-    if run.status.finished or run.status in (RunStatus.QUEUED, RunStatus.STOPPING):
+    if run.status.finished or run.status is RunStatus.QUEUED:
         return run
-    tasks = run.tasks.values()
-    in_flight = any(t.in_flight for t in tasks)
-    waiting = [t for t in tasks if t.status is TaskStatus.WAITING]
-    if any(t.status is TaskStatus.FAILED for t in tasks) and not in_flight:
+    regular = [t for t in run.tasks.values() if not definition.node(t.node_id).cleanup]
+    if run.status is RunStatus.STOPPING:
+        cleanup = [t for t in run.tasks.values() if definition.node(t.node_id).cleanup]
+        if any(t.in_flight for t in regular) or any(t.in_flight for t in cleanup):
+            return run
+        if _cleaning(run, definition) and any(
+            t.status is TaskStatus.PENDING and not t.begun for t in cleanup
+        ):
+            return run  # cleanup nodes still to start (their parents are running)
+        return _finish(run, definition, RunStatus.STOPPED, now, effects)
+    in_flight = any(t.in_flight for t in regular)
+    waiting = [t for t in regular if t.status is TaskStatus.WAITING]
+    failed = [t for t in regular if t.status is TaskStatus.FAILED]
+    if failed and not in_flight:
         # Nothing can succeed any more: waiting approvals and delays are called off.
         for task in waiting:
             cancelled = replace(transition_task(task, TaskStatus.CANCELLED, now), due_at=None)
             run = _with_task(run, cancelled)
             effects.append(TaskStatusChanged(task.node_id, TaskStatus.CANCELLED, task.attempt))
+        if run.error is None:
+            run = replace(run, error=failed[0].error, failed_node_id=failed[0].node_id)
         target = RunStatus.FAILED
     elif in_flight:
         target = RunStatus.RUNNING
     elif waiting:
         target = RunStatus.WAITING
-    elif all(t.status.finished for t in tasks):
+    elif all(t.status.finished for t in regular):
         target = RunStatus.SUCCEEDED
     else:
         return run
     if target is run.status:
         return run
+    if target.finished:
+        return _finish(run, definition, target, now, effects)
+    effects.append(RunStatusChanged(run.status, target))
+    return transition_run(run, target, now)
+
+
+def _finish(
+    run: RunState,
+    definition: WorkflowDefinition,
+    target: RunStatus,
+    now: datetime,
+    effects: list[Effect],
+) -> RunState:
+    # Cleanup nodes that had no reason to run say so instead of staying pending.
+    for task in run.tasks.values():
+        if definition.node(task.node_id).cleanup and task.status is TaskStatus.PENDING:
+            run = _with_task(run, transition_task(task, TaskStatus.SKIPPED, now))
+            effects.append(TaskStatusChanged(task.node_id, TaskStatus.SKIPPED, task.attempt))
     effects.append(RunStatusChanged(run.status, target))
     run = transition_run(run, target, now)
-    if run.status.finished:
-        effects.append(CancelTimers())
-        if run.parent is not None and run.parent.wait:
-            effects.append(_notify_parent(run, definition, run.parent))
+    effects.append(CancelTimers())
+    if run.parent is not None and run.parent.wait:
+        effects.append(_notify_parent(run, definition, run.parent))
     return run
 
 
 def _notify_parent(run: RunState, definition: WorkflowDefinition, parent: ParentLink) -> Effect:
     return NotifyParent(parent, run.run_id, run.status, run_output(run, definition), run.error)
+
+
+def effective_node(run: RunState, node: Node) -> Node:
+    """The node with this run's overrides (a resolution's new threshold) applied."""
+    override = run.overrides.get(node.id)
+    if not override:
+        return node
+    return replace(node, config={**node.config, **override})
+
+
+def with_task(run: RunState, task: TaskState) -> RunState:
+    return _with_task(run, task)
 
 
 def _with_task(run: RunState, task: TaskState) -> RunState:

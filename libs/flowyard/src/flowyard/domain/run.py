@@ -49,8 +49,8 @@ _FINISHED_TASK = frozenset(
     {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED}
 )
 
-# FROM -> allowed TO. A failed run may run again (retry, resume); nothing leaves
-# succeeded or stopped except a new run (replay).
+# FROM -> allowed TO. A failed run may run again (retry, resume, restart); a finished run
+# of any outcome may rerun from a chosen task; every other way back is a new run (replay).
 RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
     RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.STOPPED, RunStatus.FAILED}),
     RunStatus.RUNNING: frozenset(
@@ -72,8 +72,8 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
         }
     ),
     RunStatus.STOPPING: frozenset({RunStatus.STOPPED}),
-    RunStatus.STOPPED: frozenset(),
-    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.STOPPED: frozenset({RunStatus.RUNNING}),
+    RunStatus.SUCCEEDED: frozenset({RunStatus.RUNNING}),
     RunStatus.FAILED: frozenset({RunStatus.RUNNING}),
 }
 
@@ -155,21 +155,52 @@ class TaskState:
     child_run_id: str = ""
     # Attempts lost with their executor; they do not count against the retry policy.
     lost_attempts: int = 0
+    # Attempts of earlier rounds: an operator's retry, rerun or restart starts a new round
+    # whose attempts are numbered on from here, so no attempt record is overwritten.
+    base_attempt: int = 0
+    # Skipped by an operator: downstream nodes run on, seeing ``output``.
+    skipped_by_operator: bool = False
+
+    @property
+    def begun(self) -> bool:
+        """An attempt of the current round exists."""
+        return self.attempt > self.base_attempt
 
     @property
     def dispatched(self) -> bool:
         """Sent to executors and not yet started (a retry waiting for its timer is not)."""
-        return self.status is TaskStatus.PENDING and self.attempt > 0 and self.due_at is None
+        return self.status is TaskStatus.PENDING and self.begun and self.due_at is None
 
     @property
     def retry_scheduled(self) -> bool:
-        return self.status is TaskStatus.PENDING and self.attempt > 0 and self.due_at is not None
+        return self.status is TaskStatus.PENDING and self.begun and self.due_at is not None
 
     @property
     def in_flight(self) -> bool:
         return self.status is TaskStatus.RUNNING or (
-            self.status is TaskStatus.PENDING and self.attempt > 0
+            self.status is TaskStatus.PENDING and self.begun
         )
+
+    def next_round(self) -> TaskState:
+        """Pending again for an operator's retry or rerun, attempt history kept."""
+        return TaskState(
+            node_id=self.node_id,
+            attempt=self.attempt,
+            base_attempt=self.attempt,
+        )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One operator action on a run: who, when, what, why."""
+
+    at: datetime
+    actor: str
+    action: str
+    node_id: str = ""
+    comment: str = ""
+    command_id: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,11 +220,21 @@ class RunState:
     failed_node_id: str = ""
     test: bool = False
     parent: ParentLink | None = None
+    audit: tuple[AuditEntry, ...] = ()
+    replay_of: str = ""
+    # Node config changed for this run only (a resolution's parameter override).
+    overrides: Mapping[str, Mapping[str, JsonValue]] = field(default_factory=dict)
+    stopped_by: str = ""
+    # Stopping with cleanup: the cleanup nodes run once running tasks are stopped.
+    cleanup_requested: bool = False
     # Optimistic-concurrency counter: stored writes are conditional on it.
     revision: int = 0
 
     def task(self, node_id: str) -> TaskState:
         return self.tasks[node_id]
+
+    def applied(self, command_id: str) -> bool:
+        return bool(command_id) and any(a.command_id == command_id for a in self.audit)
 
     @property
     def warnings(self) -> tuple[str, ...]:

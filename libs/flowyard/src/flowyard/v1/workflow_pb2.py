@@ -26,25 +26,25 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lowyard/v1/workflow.proto\x12\x0b\x66lowyard.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x1f\n\x17initial_backoff_seconds\x18\x02 \x01(\x01\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\x12\x1b\n\x13max_backoff_seconds\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\"\x80\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\'\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftimeout_seconds\x18\x08 \x01(\x05\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.flowyard.v1.RetryPolicy\x12\x17\n\x0fnon_cancellable\x18\n \x01(\x08\"4\n\x04\x45\x64ge\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0c\n\x04when\x18\x03 \x01(\t\"2\n\x0b\x43oncurrency\x12\x10\n\x08max_runs\x18\x01 \x01(\x05\x12\x11\n\twhen_full\x18\x02 \x01(\t\"\xf2\x01\n\x12WorkflowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12 \n\x05nodes\x18\x04 \x03(\x0b\x32\x11.flowyard.v1.Node\x12 \n\x05\x65\x64ges\x18\x05 \x03(\x0b\x32\x11.flowyard.v1.Edge\x12(\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06stages\x18\x07 \x03(\t\x12-\n\x0b\x63oncurrency\x18\x08 \x01(\x0b\x32\x18.flowyard.v1.Concurrency\"\xf0\x01\n\x08Workflow\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.flowyard.v1.WorkflowState\x12\x33\n\ndefinition\x18\x04 \x01(\x0b\x32\x1f.flowyard.v1.WorkflowDefinition\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x7f\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WORKFLOW_STATE_DRAFT\x10\x01\x12\x19\n\x15WORKFLOW_STATE_ACTIVE\x10\x02\x12\x19\n\x15WORKFLOW_STATE_PAUSED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lowyard/v1/workflow.proto\x12\x0b\x66lowyard.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x1f\n\x17initial_backoff_seconds\x18\x02 \x01(\x01\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\x12\x1b\n\x13max_backoff_seconds\x18\x04 \x01(\x01\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\"\xa8\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\'\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftimeout_seconds\x18\x08 \x01(\x05\x12\'\n\x05retry\x18\t \x01(\x0b\x32\x18.flowyard.v1.RetryPolicy\x12\x17\n\x0fnon_cancellable\x18\n \x01(\x08\x12\x0f\n\x07\x63leanup\x18\x0b \x01(\x08\x12\x15\n\rnot_skippable\x18\x0c \x01(\x08\"4\n\x04\x45\x64ge\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0c\n\x04when\x18\x03 \x01(\t\"2\n\x0b\x43oncurrency\x12\x10\n\x08max_runs\x18\x01 \x01(\x05\x12\x11\n\twhen_full\x18\x02 \x01(\t\"\xf2\x01\n\x12WorkflowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12 \n\x05nodes\x18\x04 \x03(\x0b\x32\x11.flowyard.v1.Node\x12 \n\x05\x65\x64ges\x18\x05 \x03(\x0b\x32\x11.flowyard.v1.Edge\x12(\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06stages\x18\x07 \x03(\t\x12-\n\x0b\x63oncurrency\x18\x08 \x01(\x0b\x32\x18.flowyard.v1.Concurrency\"\xf0\x01\n\x08Workflow\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.flowyard.v1.WorkflowState\x12\x33\n\ndefinition\x18\x04 \x01(\x0b\x32\x1f.flowyard.v1.WorkflowDefinition\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x7f\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WORKFLOW_STATE_DRAFT\x10\x01\x12\x19\n\x15WORKFLOW_STATE_ACTIVE\x10\x02\x12\x19\n\x15WORKFLOW_STATE_PAUSED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowyard.v1.workflow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKFLOWSTATE']._serialized_start=1103
-  _globals['_WORKFLOWSTATE']._serialized_end=1230
+  _globals['_WORKFLOWSTATE']._serialized_start=1143
+  _globals['_WORKFLOWSTATE']._serialized_end=1270
   _globals['_RETRYPOLICY']._serialized_start=107
   _globals['_RETRYPOLICY']._serialized_end=248
   _globals['_NODE']._serialized_start=251
-  _globals['_NODE']._serialized_end=507
-  _globals['_EDGE']._serialized_start=509
-  _globals['_EDGE']._serialized_end=561
-  _globals['_CONCURRENCY']._serialized_start=563
-  _globals['_CONCURRENCY']._serialized_end=613
-  _globals['_WORKFLOWDEFINITION']._serialized_start=616
-  _globals['_WORKFLOWDEFINITION']._serialized_end=858
-  _globals['_WORKFLOW']._serialized_start=861
-  _globals['_WORKFLOW']._serialized_end=1101
+  _globals['_NODE']._serialized_end=547
+  _globals['_EDGE']._serialized_start=549
+  _globals['_EDGE']._serialized_end=601
+  _globals['_CONCURRENCY']._serialized_start=603
+  _globals['_CONCURRENCY']._serialized_end=653
+  _globals['_WORKFLOWDEFINITION']._serialized_start=656
+  _globals['_WORKFLOWDEFINITION']._serialized_end=898
+  _globals['_WORKFLOW']._serialized_start=901
+  _globals['_WORKFLOW']._serialized_end=1141
 # @@protoc_insertion_point(module_scope)

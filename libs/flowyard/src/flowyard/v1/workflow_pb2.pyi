@@ -93,6 +93,8 @@ class Node(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     NON_CANCELLABLE_FIELD_NUMBER: _builtins.int
+    CLEANUP_FIELD_NUMBER: _builtins.int
+    NOT_SKIPPABLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: _builtins.str
     name: _builtins.str
@@ -102,6 +104,10 @@ class Node(_message.Message):
     timeout_seconds: _builtins.int
     non_cancellable: _builtins.bool
     """A non-cancellable task runs to completion even when its run is stopped."""
+    cleanup: _builtins.bool
+    """Part of the cleanup (compensation) graph: runs only when a run is stopped with cleanup."""
+    not_skippable: _builtins.bool
+    """An operator may not skip this task when it fails (FEATURES C5)."""
     @_builtins.property
     def config(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -123,10 +129,12 @@ class Node(_message.Message):
         timeout_seconds: _builtins.int = ...,
         retry: Global___RetryPolicy | None = ...,
         non_cancellable: _builtins.bool = ...,
+        cleanup: _builtins.bool = ...,
+        not_skippable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "context", b"context", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "context", b"context", "description", b"description", "id", b"id", "name", b"name", "non_cancellable", b"non_cancellable", "retry", b"retry", "stage", b"stage", "timeout_seconds", b"timeout_seconds", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup", b"cleanup", "config", b"config", "context", b"context", "description", b"description", "id", b"id", "name", b"name", "non_cancellable", b"non_cancellable", "not_skippable", b"not_skippable", "retry", b"retry", "stage", b"stage", "timeout_seconds", b"timeout_seconds", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
