@@ -27,59 +27,61 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowyard/v1/events.proto\x12\x0b\x66lowyard.v1\x1a\x15\x66lowyard/v1/run.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x06\n\x08\x45nvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\x18\n\x10workflow_version\x18\x05 \x01(\x05\x12*\n\tstart_run\x18\n \x01(\x0b\x32\x15.flowyard.v1.StartRunH\x00\x12\x32\n\rdispatch_task\x18\x0b \x01(\x0b\x32\x19.flowyard.v1.DispatchTaskH\x00\x12\x30\n\x0ctask_started\x18\x0c \x01(\x0b\x32\x18.flowyard.v1.TaskStartedH\x00\x12\x34\n\x0etask_succeeded\x18\r \x01(\x0b\x32\x1a.flowyard.v1.TaskSucceededH\x00\x12.\n\x0btask_failed\x18\x0e \x01(\x0b\x32\x17.flowyard.v1.TaskFailedH\x00\x12;\n\x12run_status_changed\x18\x0f \x01(\x0b\x32\x1d.flowyard.v1.RunStatusChangedH\x00\x12=\n\x13task_status_changed\x18\x10 \x01(\x0b\x32\x1e.flowyard.v1.TaskStatusChangedH\x00\x12\x34\n\x0etask_heartbeat\x18\x11 \x01(\x0b\x32\x1a.flowyard.v1.TaskHeartbeatH\x00\x12.\n\x0btimer_fired\x18\x12 \x01(\x0b\x32\x17.flowyard.v1.TimerFiredH\x00\x12;\n\x12\x63hild_run_finished\x18\x13 \x01(\x0b\x32\x1d.flowyard.v1.ChildRunFinishedH\x00\x12\x38\n\x10\x61pproval_decided\x18\x14 \x01(\x0b\x32\x1c.flowyard.v1.ApprovalDecidedH\x00\x12,\n\nslot_freed\x18\x15 \x01(\x0b\x32\x16.flowyard.v1.SlotFreedH\x00\x12.\n\x0brun_command\x18\x16 \x01(\x0b\x32\x17.flowyard.v1.RunCommandH\x00\x12.\n\x0b\x63\x61ncel_task\x18\x17 \x01(\x0b\x32\x17.flowyard.v1.CancelTaskH\x00\x42\t\n\x07payload\"L\n\nParentLink\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"\x83\x01\n\x08StartRun\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12)\n\x07trigger\x18\x02 \x01(\x0b\x32\x18.flowyard.v1.TriggerInfo\x12\'\n\x06parent\x18\x03 \x01(\x0b\x32\x17.flowyard.v1.ParentLink\x12\x0c\n\x04test\x18\x04 \x01(\x08\"\xf1\x01\n\x0c\x44ispatchTask\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tnode_type\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x05input\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x05\x12.\n\nnot_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61ncellable\x18\x08 \x01(\x08\"D\n\x0bTaskStarted\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\"k\n\rTaskSucceeded\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x10\n\x08warnings\x18\x04 \x03(\t\"F\n\rTaskHeartbeat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\"\x80\x01\n\nTimerFired\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.flowyard.v1.TimerKind\x12*\n\x06\x64ue_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x01\n\x10\x43hildRunFinished\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x63hild_run_id\x18\x03 \x01(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.flowyard.v1.RunStatus\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.flowyard.v1.TaskError\"Y\n\x0f\x41pprovalDecided\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x12\n\ndecided_by\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\x0b\n\tSlotFreed\"\xf2\x02\n\nRunCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12*\n\x04stop\x18\n \x01(\x0b\x32\x1a.flowyard.v1.StopRunActionH\x00\x12\x32\n\nretry_task\x18\x0b \x01(\x0b\x32\x1c.flowyard.v1.RetryTaskActionH\x00\x12\x30\n\x07restart\x18\x0c \x01(\x0b\x32\x1d.flowyard.v1.RestartRunActionH\x00\x12\x32\n\nrerun_from\x18\r \x01(\x0b\x32\x1c.flowyard.v1.RerunFromActionH\x00\x12\x30\n\tskip_task\x18\x0e \x01(\x0b\x32\x1b.flowyard.v1.SkipTaskActionH\x00\x12.\n\x06resume\x18\x0f \x01(\x0b\x32\x1c.flowyard.v1.ResumeRunActionH\x00\x42\x08\n\x06\x61\x63tion\" \n\rStopRunAction\x12\x0f\n\x07\x63leanup\x18\x01 \x01(\x08\"T\n\x0fRetryTaskAction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x30\n\x0f\x63onfig_override\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\",\n\x10RestartRunAction\x12\x18\n\x10workflow_version\x18\x01 \x01(\x05\"\"\n\x0fRerunFromAction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"I\n\x0eSkipTaskAction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\x11\n\x0fResumeRunAction\".\n\nCancelTask\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"}\n\nTaskFailed\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.flowyard.v1.TaskError\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"\xe0\x01\n\x10RunStatusChanged\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.flowyard.v1.RunStatus\x12(\n\x08previous\x18\x02 \x01(\x0e\x32\x16.flowyard.v1.RunStatus\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\x12\x15\n\rworkflow_type\x18\x04 \x01(\t\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.flowyard.v1.TaskError\x12\x16\n\x0e\x66\x61iled_node_id\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\"\xd8\x01\n\x11TaskStatusChanged\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.flowyard.v1.TaskStatus\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x11\n\tnode_type\x18\x04 \x01(\t\x12\x10\n\x08warnings\x18\x05 \x03(\t\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.flowyard.v1.TaskError\x12\x15\n\rworkflow_name\x18\x07 \x01(\t\x12\x15\n\rworkflow_type\x18\x08 \x01(\t\"\xac\x01\n\nDeadLetter\x12\x14\n\x0csource_topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x81\x01\n\tTimerKind\x12\x1a\n\x16TIMER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10TIMER_KIND_RETRY\x10\x01\x12\x13\n\x0fTIMER_KIND_WAIT\x10\x02\x12\x14\n\x10TIMER_KIND_LEASE\x10\x03\x12\x17\n\x13TIMER_KIND_DEADLINE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowyard/v1/events.proto\x12\x0b\x66lowyard.v1\x1a\x15\x66lowyard/v1/run.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x07\n\x08\x45nvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\x18\n\x10workflow_version\x18\x05 \x01(\x05\x12*\n\tstart_run\x18\n \x01(\x0b\x32\x15.flowyard.v1.StartRunH\x00\x12\x32\n\rdispatch_task\x18\x0b \x01(\x0b\x32\x19.flowyard.v1.DispatchTaskH\x00\x12\x30\n\x0ctask_started\x18\x0c \x01(\x0b\x32\x18.flowyard.v1.TaskStartedH\x00\x12\x34\n\x0etask_succeeded\x18\r \x01(\x0b\x32\x1a.flowyard.v1.TaskSucceededH\x00\x12.\n\x0btask_failed\x18\x0e \x01(\x0b\x32\x17.flowyard.v1.TaskFailedH\x00\x12;\n\x12run_status_changed\x18\x0f \x01(\x0b\x32\x1d.flowyard.v1.RunStatusChangedH\x00\x12=\n\x13task_status_changed\x18\x10 \x01(\x0b\x32\x1e.flowyard.v1.TaskStatusChangedH\x00\x12\x34\n\x0etask_heartbeat\x18\x11 \x01(\x0b\x32\x1a.flowyard.v1.TaskHeartbeatH\x00\x12.\n\x0btimer_fired\x18\x12 \x01(\x0b\x32\x17.flowyard.v1.TimerFiredH\x00\x12;\n\x12\x63hild_run_finished\x18\x13 \x01(\x0b\x32\x1d.flowyard.v1.ChildRunFinishedH\x00\x12\x38\n\x10\x61pproval_decided\x18\x14 \x01(\x0b\x32\x1c.flowyard.v1.ApprovalDecidedH\x00\x12,\n\nslot_freed\x18\x15 \x01(\x0b\x32\x16.flowyard.v1.SlotFreedH\x00\x12.\n\x0brun_command\x18\x16 \x01(\x0b\x32\x17.flowyard.v1.RunCommandH\x00\x12.\n\x0b\x63\x61ncel_task\x18\x17 \x01(\x0b\x32\x17.flowyard.v1.CancelTaskH\x00\x12\x32\n\rlogs_appended\x18\x1e \x01(\x0b\x32\x19.flowyard.v1.LogsAppendedH\x00\x42\t\n\x07payload\"L\n\nParentLink\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"\x83\x01\n\x08StartRun\x12\x15\n\rworkflow_name\x18\x01 \x01(\t\x12)\n\x07trigger\x18\x02 \x01(\x0b\x32\x18.flowyard.v1.TriggerInfo\x12\'\n\x06parent\x18\x03 \x01(\x0b\x32\x17.flowyard.v1.ParentLink\x12\x0c\n\x04test\x18\x04 \x01(\x08\"\xf1\x01\n\x0c\x44ispatchTask\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tnode_type\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x05input\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x05\x12.\n\nnot_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61ncellable\x18\x08 \x01(\x08\"D\n\x0bTaskStarted\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\"k\n\rTaskSucceeded\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x10\n\x08warnings\x18\x04 \x03(\t\"F\n\rTaskHeartbeat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\"\x80\x01\n\nTimerFired\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.flowyard.v1.TimerKind\x12*\n\x06\x64ue_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x01\n\x10\x43hildRunFinished\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x63hild_run_id\x18\x03 \x01(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.flowyard.v1.RunStatus\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.flowyard.v1.TaskError\"Y\n\x0f\x41pprovalDecided\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x12\n\ndecided_by\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\x0b\n\tSlotFreed\"\xf2\x02\n\nRunCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12*\n\x04stop\x18\n \x01(\x0b\x32\x1a.flowyard.v1.StopRunActionH\x00\x12\x32\n\nretry_task\x18\x0b \x01(\x0b\x32\x1c.flowyard.v1.RetryTaskActionH\x00\x12\x30\n\x07restart\x18\x0c \x01(\x0b\x32\x1d.flowyard.v1.RestartRunActionH\x00\x12\x32\n\nrerun_from\x18\r \x01(\x0b\x32\x1c.flowyard.v1.RerunFromActionH\x00\x12\x30\n\tskip_task\x18\x0e \x01(\x0b\x32\x1b.flowyard.v1.SkipTaskActionH\x00\x12.\n\x06resume\x18\x0f \x01(\x0b\x32\x1c.flowyard.v1.ResumeRunActionH\x00\x42\x08\n\x06\x61\x63tion\" \n\rStopRunAction\x12\x0f\n\x07\x63leanup\x18\x01 \x01(\x08\"T\n\x0fRetryTaskAction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x30\n\x0f\x63onfig_override\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\",\n\x10RestartRunAction\x12\x18\n\x10workflow_version\x18\x01 \x01(\x05\"\"\n\x0fRerunFromAction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"I\n\x0eSkipTaskAction\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\x11\n\x0fResumeRunAction\".\n\nCancelTask\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"}\n\nTaskFailed\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.flowyard.v1.TaskError\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"\xe0\x01\n\x10RunStatusChanged\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.flowyard.v1.RunStatus\x12(\n\x08previous\x18\x02 \x01(\x0e\x32\x16.flowyard.v1.RunStatus\x12\x15\n\rworkflow_name\x18\x03 \x01(\t\x12\x15\n\rworkflow_type\x18\x04 \x01(\t\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.flowyard.v1.TaskError\x12\x16\n\x0e\x66\x61iled_node_id\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\"\xd8\x01\n\x11TaskStatusChanged\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.flowyard.v1.TaskStatus\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x11\n\tnode_type\x18\x04 \x01(\t\x12\x10\n\x08warnings\x18\x05 \x03(\t\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.flowyard.v1.TaskError\x12\x15\n\rworkflow_name\x18\x07 \x01(\t\x12\x15\n\rworkflow_type\x18\x08 \x01(\t\"B\n\x0cLogsAppended\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08last_seq\x18\x03 \x01(\x05\"\xac\x01\n\nDeadLetter\x12\x14\n\x0csource_topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x81\x01\n\tTimerKind\x12\x1a\n\x16TIMER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10TIMER_KIND_RETRY\x10\x01\x12\x13\n\x0fTIMER_KIND_WAIT\x10\x02\x12\x14\n\x10TIMER_KIND_LEASE\x10\x03\x12\x17\n\x13TIMER_KIND_DEADLINE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowyard.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIMERKIND']._serialized_start=3613
-  _globals['_TIMERKIND']._serialized_end=3742
+  _globals['_TIMERKIND']._serialized_start=3733
+  _globals['_TIMERKIND']._serialized_end=3862
   _globals['_ENVELOPE']._serialized_start=128
-  _globals['_ENVELOPE']._serialized_end=1007
-  _globals['_PARENTLINK']._serialized_start=1009
-  _globals['_PARENTLINK']._serialized_end=1085
-  _globals['_STARTRUN']._serialized_start=1088
-  _globals['_STARTRUN']._serialized_end=1219
-  _globals['_DISPATCHTASK']._serialized_start=1222
-  _globals['_DISPATCHTASK']._serialized_end=1463
-  _globals['_TASKSTARTED']._serialized_start=1465
-  _globals['_TASKSTARTED']._serialized_end=1533
-  _globals['_TASKSUCCEEDED']._serialized_start=1535
-  _globals['_TASKSUCCEEDED']._serialized_end=1642
-  _globals['_TASKHEARTBEAT']._serialized_start=1644
-  _globals['_TASKHEARTBEAT']._serialized_end=1714
-  _globals['_TIMERFIRED']._serialized_start=1717
-  _globals['_TIMERFIRED']._serialized_end=1845
-  _globals['_CHILDRUNFINISHED']._serialized_start=1848
-  _globals['_CHILDRUNFINISHED']._serialized_end=2041
-  _globals['_APPROVALDECIDED']._serialized_start=2043
-  _globals['_APPROVALDECIDED']._serialized_end=2132
-  _globals['_SLOTFREED']._serialized_start=2134
-  _globals['_SLOTFREED']._serialized_end=2145
-  _globals['_RUNCOMMAND']._serialized_start=2148
-  _globals['_RUNCOMMAND']._serialized_end=2518
-  _globals['_STOPRUNACTION']._serialized_start=2520
-  _globals['_STOPRUNACTION']._serialized_end=2552
-  _globals['_RETRYTASKACTION']._serialized_start=2554
-  _globals['_RETRYTASKACTION']._serialized_end=2638
-  _globals['_RESTARTRUNACTION']._serialized_start=2640
-  _globals['_RESTARTRUNACTION']._serialized_end=2684
-  _globals['_RERUNFROMACTION']._serialized_start=2686
-  _globals['_RERUNFROMACTION']._serialized_end=2720
-  _globals['_SKIPTASKACTION']._serialized_start=2722
-  _globals['_SKIPTASKACTION']._serialized_end=2795
-  _globals['_RESUMERUNACTION']._serialized_start=2797
-  _globals['_RESUMERUNACTION']._serialized_end=2814
-  _globals['_CANCELTASK']._serialized_start=2816
-  _globals['_CANCELTASK']._serialized_end=2862
-  _globals['_TASKFAILED']._serialized_start=2864
-  _globals['_TASKFAILED']._serialized_end=2989
-  _globals['_RUNSTATUSCHANGED']._serialized_start=2992
-  _globals['_RUNSTATUSCHANGED']._serialized_end=3216
-  _globals['_TASKSTATUSCHANGED']._serialized_start=3219
-  _globals['_TASKSTATUSCHANGED']._serialized_end=3435
-  _globals['_DEADLETTER']._serialized_start=3438
-  _globals['_DEADLETTER']._serialized_end=3610
+  _globals['_ENVELOPE']._serialized_end=1059
+  _globals['_PARENTLINK']._serialized_start=1061
+  _globals['_PARENTLINK']._serialized_end=1137
+  _globals['_STARTRUN']._serialized_start=1140
+  _globals['_STARTRUN']._serialized_end=1271
+  _globals['_DISPATCHTASK']._serialized_start=1274
+  _globals['_DISPATCHTASK']._serialized_end=1515
+  _globals['_TASKSTARTED']._serialized_start=1517
+  _globals['_TASKSTARTED']._serialized_end=1585
+  _globals['_TASKSUCCEEDED']._serialized_start=1587
+  _globals['_TASKSUCCEEDED']._serialized_end=1694
+  _globals['_TASKHEARTBEAT']._serialized_start=1696
+  _globals['_TASKHEARTBEAT']._serialized_end=1766
+  _globals['_TIMERFIRED']._serialized_start=1769
+  _globals['_TIMERFIRED']._serialized_end=1897
+  _globals['_CHILDRUNFINISHED']._serialized_start=1900
+  _globals['_CHILDRUNFINISHED']._serialized_end=2093
+  _globals['_APPROVALDECIDED']._serialized_start=2095
+  _globals['_APPROVALDECIDED']._serialized_end=2184
+  _globals['_SLOTFREED']._serialized_start=2186
+  _globals['_SLOTFREED']._serialized_end=2197
+  _globals['_RUNCOMMAND']._serialized_start=2200
+  _globals['_RUNCOMMAND']._serialized_end=2570
+  _globals['_STOPRUNACTION']._serialized_start=2572
+  _globals['_STOPRUNACTION']._serialized_end=2604
+  _globals['_RETRYTASKACTION']._serialized_start=2606
+  _globals['_RETRYTASKACTION']._serialized_end=2690
+  _globals['_RESTARTRUNACTION']._serialized_start=2692
+  _globals['_RESTARTRUNACTION']._serialized_end=2736
+  _globals['_RERUNFROMACTION']._serialized_start=2738
+  _globals['_RERUNFROMACTION']._serialized_end=2772
+  _globals['_SKIPTASKACTION']._serialized_start=2774
+  _globals['_SKIPTASKACTION']._serialized_end=2847
+  _globals['_RESUMERUNACTION']._serialized_start=2849
+  _globals['_RESUMERUNACTION']._serialized_end=2866
+  _globals['_CANCELTASK']._serialized_start=2868
+  _globals['_CANCELTASK']._serialized_end=2914
+  _globals['_TASKFAILED']._serialized_start=2916
+  _globals['_TASKFAILED']._serialized_end=3041
+  _globals['_RUNSTATUSCHANGED']._serialized_start=3044
+  _globals['_RUNSTATUSCHANGED']._serialized_end=3268
+  _globals['_TASKSTATUSCHANGED']._serialized_start=3271
+  _globals['_TASKSTATUSCHANGED']._serialized_end=3487
+  _globals['_LOGSAPPENDED']._serialized_start=3489
+  _globals['_LOGSAPPENDED']._serialized_end=3555
+  _globals['_DEADLETTER']._serialized_start=3558
+  _globals['_DEADLETTER']._serialized_end=3730
 # @@protoc_insertion_point(module_scope)

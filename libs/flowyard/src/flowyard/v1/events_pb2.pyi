@@ -76,6 +76,7 @@ class Envelope(_message.Message):
     SLOT_FREED_FIELD_NUMBER: _builtins.int
     RUN_COMMAND_FIELD_NUMBER: _builtins.int
     CANCEL_TASK_FIELD_NUMBER: _builtins.int
+    LOGS_APPENDED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     run_id: _builtins.str
     workflow_id: _builtins.str
@@ -110,6 +111,8 @@ class Envelope(_message.Message):
     def run_command(self) -> Global___RunCommand: ...
     @_builtins.property
     def cancel_task(self) -> Global___CancelTask: ...
+    @_builtins.property
+    def logs_appended(self) -> Global___LogsAppended: ...
     def __init__(
         self,
         *,
@@ -132,12 +135,13 @@ class Envelope(_message.Message):
         slot_freed: Global___SlotFreed | None = ...,
         run_command: Global___RunCommand | None = ...,
         cancel_task: Global___CancelTask | None = ...,
+        logs_appended: Global___LogsAppended | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "cancel_task", b"cancel_task", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "payload", b"payload", "run_command", b"run_command", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "cancel_task", b"cancel_task", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "logs_appended", b"logs_appended", "payload", b"payload", "run_command", b"run_command", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "cancel_task", b"cancel_task", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "event_id", b"event_id", "payload", b"payload", "run_command", b"run_command", "run_id", b"run_id", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decided", b"approval_decided", "cancel_task", b"cancel_task", "child_run_finished", b"child_run_finished", "dispatch_task", b"dispatch_task", "event_id", b"event_id", "logs_appended", b"logs_appended", "payload", b"payload", "run_command", b"run_command", "run_id", b"run_id", "run_status_changed", b"run_status_changed", "slot_freed", b"slot_freed", "start_run", b"start_run", "task_failed", b"task_failed", "task_heartbeat", b"task_heartbeat", "task_started", b"task_started", "task_status_changed", b"task_status_changed", "task_succeeded", b"task_succeeded", "time", b"time", "timer_fired", b"timer_fired", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start_run", "dispatch_task", "task_started", "task_succeeded", "task_failed", "run_status_changed", "task_status_changed", "task_heartbeat", "timer_fired", "child_run_finished", "approval_decided", "slot_freed", "run_command", "cancel_task"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start_run", "dispatch_task", "task_started", "task_succeeded", "task_failed", "run_status_changed", "task_status_changed", "task_heartbeat", "timer_fired", "child_run_finished", "approval_decided", "slot_freed", "run_command", "cancel_task", "logs_appended"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -774,6 +778,36 @@ class TaskStatusChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskStatusChanged: _TypeAlias = TaskStatusChanged  # noqa: Y015
+
+@_typing.final
+class LogsAppended(_message.Message):
+    """flowyard.run-events: an executor stored more log lines of a running attempt (they are
+    in the logs collection; this only wakes live tails).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    last_seq: _builtins.int
+    """The seq of the last line stored so far."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "last_seq", b"last_seq", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogsAppended: _TypeAlias = LogsAppended  # noqa: Y015
 
 @_typing.final
 class DeadLetter(_message.Message):

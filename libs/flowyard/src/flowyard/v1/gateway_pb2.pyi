@@ -257,15 +257,23 @@ class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    HIDE_SKIPPED_FIELD_NUMBER: _builtins.int
+    HIDE_WARNINGS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    hide_skipped: _builtins.bool
+    """Leave out skipped tasks (FEATURES R5)."""
+    hide_warnings: _builtins.bool
+    """Leave out warnings, on the run and on its tasks and attempts (FEATURES R5)."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        hide_skipped: _builtins.bool = ...,
+        hide_warnings: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hide_skipped", b"hide_skipped", "hide_warnings", b"hide_warnings", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -206,11 +206,14 @@ class WorkflowDefinition(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name; the workflow's stable identity for users."""
     type: _builtins.str
     """Workflow type, used to group workflows for alert policies and analytics."""
     description: _builtins.str
+    retention_days: _builtins.int
+    """Runs are deleted this many days after they started (FEATURES H7); 0 = kept for ever."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     @_builtins.property
@@ -236,10 +239,11 @@ class WorkflowDefinition(_message.Message):
         context: _struct_pb2.Struct | None = ...,
         stages: _abc.Iterable[_builtins.str] | None = ...,
         concurrency: Global___Concurrency | None = ...,
+        retention_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "context", b"context", "description", b"description", "edges", b"edges", "name", b"name", "nodes", b"nodes", "stages", b"stages", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "context", b"context", "description", b"description", "edges", b"edges", "name", b"name", "nodes", b"nodes", "retention_days", b"retention_days", "stages", b"stages", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
