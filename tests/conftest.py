@@ -34,6 +34,7 @@ async def settings(stack: StackAddresses) -> Settings:
         topics=Topics(prefix=f"t{unique}"),
         topic_partitions=2,
         grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
         metrics_port=0,
         code_timeout_seconds=20,
     )

@@ -11,6 +11,7 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_TOPIC_PREFIX | flowyard | prefix of every topic and consumer group name |
 | FLOWYARD_TOPIC_PARTITIONS | 4 | partitions of the topics Flowyard creates |
 | FLOWYARD_GRPC_ADDR | 127.0.0.1:50051 | gateway gRPC listen address |
+| FLOWYARD_HTTP_ADDR | 127.0.0.1:8080 | gateway HTTP listen address (webhooks) |
 | FLOWYARD_METRICS_HOST | 127.0.0.1 | address the /metrics endpoints bind to |
 | FLOWYARD_METRICS_PORT | per service | /metrics port: gateway 9101, scheduler 9102, |
 |   |   | executor 9103, alerter 9104; 0 = any free port |
@@ -21,6 +22,8 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_HEARTBEAT_SECONDS | 5 | how often an executor reports each running task as alive |
 | FLOWYARD_TASK_LEASE_SECONDS | 30 | a running task silent this long is re-dispatched |
 | FLOWYARD_TIMER_POLL_SECONDS | 0.5 | how often the scheduler looks for due timers |
+| FLOWYARD_CRON_POLL_SECONDS | 1 | how often the scheduler looks for due schedule ticks; |
+|   |   | 0 = this instance runs no schedules (another one does) |
 | FLOWYARD_SMTP_HOST | 127.0.0.1 | SMTP server for email nodes (and, later, alerts) |
 | FLOWYARD_SMTP_PORT | 25 | SMTP port |
 | FLOWYARD_SMTP_FROM | flowyard@localhost | sender address |
@@ -119,6 +122,7 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     topic_partitions: int = 4
     grpc_addr: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8080"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     executor_concurrency: int = 8
@@ -128,6 +132,7 @@ class Settings:
     heartbeat_seconds: float = 5.0
     task_lease_seconds: float = 30.0
     timer_poll_seconds: float = 0.5
+    cron_poll_seconds: float = 1.0
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
     log_level: str = "INFO"
@@ -161,6 +166,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         topics=Topics(get("FLOWYARD_TOPIC_PREFIX", "flowyard")),
         topic_partitions=get_int("FLOWYARD_TOPIC_PARTITIONS", Settings.topic_partitions),
         grpc_addr=get("FLOWYARD_GRPC_ADDR", Settings.grpc_addr),
+        http_addr=get("FLOWYARD_HTTP_ADDR", Settings.http_addr),
         metrics_host=get("FLOWYARD_METRICS_HOST", Settings.metrics_host),
         metrics_port=get_int("FLOWYARD_METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, 0)),
         executor_concurrency=get_int("FLOWYARD_EXECUTOR_CONCURRENCY", 8),
@@ -170,6 +176,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         heartbeat_seconds=get_float("FLOWYARD_HEARTBEAT_SECONDS", 5.0),
         task_lease_seconds=get_float("FLOWYARD_TASK_LEASE_SECONDS", 30.0),
         timer_poll_seconds=get_float("FLOWYARD_TIMER_POLL_SECONDS", 0.5),
+        cron_poll_seconds=get_float("FLOWYARD_CRON_POLL_SECONDS", 1.0),
         smtp=SmtpSettings(
             host=get("FLOWYARD_SMTP_HOST", SmtpSettings.host),
             port=get_int("FLOWYARD_SMTP_PORT", SmtpSettings.port),

@@ -80,6 +80,8 @@ class CronLoop:
                 await self.fire_due()
             except InfrastructureError as exc:
                 log.warning("schedule poll failed, trying again: %s", exc)
+            except Exception:  # a bug must not stop every schedule for good
+                log.exception("schedule poll failed unexpectedly; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
 

@@ -278,8 +278,7 @@ class EnvelopeConsumer:
         failures = 0
         while True:
             try:
-                envelope = decode_envelope(item.value)
-                await self._handler(envelope, item)
+                await self._dispatch(item)
                 return
             except DecodeError as exc:
                 await self.dead_letter(item, str(exc))
@@ -298,6 +297,9 @@ class EnvelopeConsumer:
                     await self.dead_letter(item, f"handler failed {failures} times: {exc!r}")
                     return
                 await asyncio.sleep(0.1 * failures)
+
+    async def _dispatch(self, item: Record) -> None:
+        await self._handler(decode_envelope(item.value), item)
 
     async def dead_letter(self, record: Record, reason: str) -> None:
         letter = events_pb2.DeadLetter(
@@ -362,3 +364,35 @@ class EnvelopeConsumer:
 
     def _on_assigned(self) -> None:
         self.assigned.set()
+
+
+RecordHandler = Callable[[Record], Awaitable[None]]
+
+
+async def _no_envelopes(envelope: events_pb2.Envelope, record: Record) -> None:
+    raise DecodeError("this consumer reads raw records, not envelopes")
+
+
+class RecordConsumer(EnvelopeConsumer):
+    """An :class:`EnvelopeConsumer` for topics outside producers write in their own format
+    (JSON events): ``handler`` gets the raw record and raises ``DecodeError`` to send it
+    to the dead-letter topic with the reason. Commits, retries and lag work the same."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str],
+        group: str,
+        handler: RecordHandler,
+        publisher: Publisher,
+        metrics: ServiceMetrics,
+        service: str,
+        concurrency: int = 1,
+    ) -> None:
+        super().__init__(
+            settings, topics, group, _no_envelopes, publisher, metrics, service, concurrency
+        )
+        self._record_handler = handler
+
+    async def _dispatch(self, item: Record) -> None:
+        await self._record_handler(item)

@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from flowyard.domain import expressions, node_config
-from flowyard.domain.triggers import config_problems as trigger_problems
 from flowyard.domain.json import JsonObject, JsonValue
+from flowyard.domain.triggers import config_problems as trigger_problems
 from flowyard.errors import DefinitionError, Problem
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
