@@ -97,6 +97,7 @@ def definition_to_proto(definition: WorkflowDefinition) -> workflow_pb2.Workflow
             max_runs=definition.concurrency.max_runs,
             when_full=definition.concurrency.when_full.value,
         ),
+        retention_days=definition.retention_days,
     )
     for node in definition.nodes:
         message.nodes.append(
@@ -172,6 +173,8 @@ def definition_from_proto(message: workflow_pb2.WorkflowDefinition) -> WorkflowD
             "max_runs": message.concurrency.max_runs,
             "when_full": message.concurrency.when_full or "queue",
         }
+    if message.retention_days:
+        document["retention_days"] = message.retention_days
     return parse_definition(document)
 
 

@@ -30,6 +30,8 @@ METHOD_ROLES: dict[str, Role] = {
     "/flowyard.v1.WorkflowService/SetWorkflowState": Role.ADMIN,
     "/flowyard.v1.WorkflowService/CloneWorkflow": Role.ADMIN,
     "/flowyard.v1.WorkflowService/DryRunWorkflow": Role.ADMIN,
+    "/flowyard.v1.WorkflowService/GetWebhookSecret": Role.ADMIN,
+    "/flowyard.v1.WorkflowService/RotateWebhookSecret": Role.ADMIN,
     "/flowyard.v1.RunService/StartRun": Role.OPERATOR,
     "/flowyard.v1.RunService/GetRun": Role.VIEWER,
     "/flowyard.v1.RunService/WatchRun": Role.VIEWER,

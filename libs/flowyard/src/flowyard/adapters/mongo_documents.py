@@ -188,6 +188,11 @@ def run_to_doc(run: RunState) -> Document:
             "attempt": run.parent.attempt,
             "wait": run.parent.wait,
         },
+        # For history filters, sorting and search (flowyard.adapters.history).
+        "duration_ms": run_duration_ms(run),
+        "created_month": run.created_at.month,
+        "task_count": len(run.tasks),
+        "warning_count": sum(len(t.warnings) for t in run.tasks.values()),
         "tasks": [
             {
                 "node_id": t.node_id,
@@ -208,6 +213,15 @@ def run_to_doc(run: RunState) -> Document:
             for t in run.tasks.values()
         ],
     }
+
+
+def run_duration_ms(run: RunState) -> int:
+    """Milliseconds from start (or creation, for a run that never started) to the end;
+    -1 while the run is not finished, so unfinished runs sort as the shortest."""
+    if run.finished_at is None:
+        return -1
+    start = run.started_at or run.created_at
+    return max(int((run.finished_at - start).total_seconds() * 1000), 0)
 
 
 def run_from_doc(doc: Document) -> RunState:

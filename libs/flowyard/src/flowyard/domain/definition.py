@@ -129,6 +129,8 @@ class WorkflowDefinition:
     context: JsonObject = field(default_factory=dict)
     stages: tuple[str, ...] = ()
     concurrency: Concurrency = Concurrency()
+    # Runs are purged this many days after they started; 0 = kept for ever (FEATURES H7).
+    retention_days: int = 0
 
     def node(self, node_id: str) -> Node:
         for node in self.nodes:
@@ -209,7 +211,17 @@ def parse_definition(document: Mapping[str, Any]) -> WorkflowDefinition:
     problems: list[Problem] = []
     if not isinstance(document, Mapping):
         raise DefinitionError([Problem("document", "must be a mapping with name, nodes, edges")])
-    allowed = {"name", "type", "description", "nodes", "edges", "context", "stages", "concurrency"}
+    allowed = {
+        "name",
+        "type",
+        "description",
+        "nodes",
+        "edges",
+        "context",
+        "stages",
+        "concurrency",
+        "retention_days",
+    }
     for key in sorted(set(document) - allowed):
         problems.append(Problem(str(key), f"unknown field (allowed: {', '.join(sorted(allowed))})"))
     nodes: list[Node] = []
@@ -261,11 +273,26 @@ def parse_definition(document: Mapping[str, Any]) -> WorkflowDefinition:
         context=dict(context),
         stages=tuple(stages),
         concurrency=_parse_concurrency(document.get("concurrency"), problems),
+        retention_days=_parse_retention(document.get("retention_days"), problems),
     )
     problems.extend(find_problems(definition))
     if problems:
         raise DefinitionError(problems)
     return definition
+
+
+MAX_RETENTION_DAYS = 36_500
+
+
+def _parse_retention(raw: object, problems: list[Problem]) -> int:
+    if raw is None:
+        return 0
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_RETENTION_DAYS:
+        problems.append(
+            Problem("retention_days", f"must be a whole number of days, 0-{MAX_RETENTION_DAYS}")
+        )
+        return 0
+    return raw
 
 
 def _parse_concurrency(raw: object, problems: list[Problem]) -> Concurrency:
@@ -608,4 +635,6 @@ def definition_to_document(definition: WorkflowDefinition) -> dict[str, JsonValu
             "max_runs": definition.concurrency.max_runs,
             "when_full": definition.concurrency.when_full.value,
         }
+    if definition.retention_days:
+        document["retention_days"] = definition.retention_days
     return document
