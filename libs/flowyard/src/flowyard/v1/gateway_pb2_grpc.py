@@ -67,6 +67,16 @@ class WorkflowServiceStub:
                 request_serializer=flowyard_dot_v1_dot_gateway__pb2.DryRunWorkflowRequest.SerializeToString,
                 response_deserializer=flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.FromString,
                 _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/flowyard.v1.WorkflowService/GetWebhookSecret',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecretRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecret.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/flowyard.v1.WorkflowService/RotateWebhookSecret',
+                request_serializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecretRequest.SerializeToString,
+                response_deserializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecret.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -113,6 +123,21 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookSecret(self, request, context):
+        """The secret webhook callers sign request bodies with (HMAC-SHA256, FEATURES T3);
+        generated when first needed. The workflow needs a `webhook: true` trigger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """Replace the webhook secret; the old one stops working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +170,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.DryRunWorkflow,
                     request_deserializer=flowyard_dot_v1_dot_gateway__pb2.DryRunWorkflowRequest.FromString,
                     response_serializer=flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecretRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecret.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecretRequest.FromString,
+                    response_serializer=flowyard_dot_v1_dot_gateway__pb2.WebhookSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +345,60 @@ class WorkflowService:
             '/flowyard.v1.WorkflowService/DryRunWorkflow',
             flowyard_dot_v1_dot_gateway__pb2.DryRunWorkflowRequest.SerializeToString,
             flowyard_dot_v1_dot_gateway__pb2.StartRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.WorkflowService/GetWebhookSecret',
+            flowyard_dot_v1_dot_gateway__pb2.WebhookSecretRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.WebhookSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowyard.v1.WorkflowService/RotateWebhookSecret',
+            flowyard_dot_v1_dot_gateway__pb2.WebhookSecretRequest.SerializeToString,
+            flowyard_dot_v1_dot_gateway__pb2.WebhookSecret.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class WorkflowServiceStub:
     """Copy the latest version under a new name, as a draft."""
     DryRunWorkflow: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DryRunWorkflowRequest, _gateway_pb2.StartRunResponse]
     """Run a definition with sample trigger data without registering it (FEATURES D10)."""
+    GetWebhookSecret: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.WebhookSecretRequest, _gateway_pb2.WebhookSecret]
+    """The secret webhook callers sign request bodies with (HMAC-SHA256, FEATURES T3);
+    generated when first needed. The workflow needs a `webhook: true` trigger.
+    """
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.WebhookSecretRequest, _gateway_pb2.WebhookSecret]
+    """Replace the webhook secret; the old one stops working at once."""
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -61,6 +67,12 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Copy the latest version under a new name, as a draft."""
     DryRunWorkflow: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DryRunWorkflowRequest, _gateway_pb2.StartRunResponse]  # type: ignore[assignment]
     """Run a definition with sample trigger data without registering it (FEATURES D10)."""
+    GetWebhookSecret: _aio.UnaryUnaryMultiCallable[_gateway_pb2.WebhookSecretRequest, _gateway_pb2.WebhookSecret]  # type: ignore[assignment]
+    """The secret webhook callers sign request bodies with (HMAC-SHA256, FEATURES T3);
+    generated when first needed. The workflow needs a `webhook: true` trigger.
+    """
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_gateway_pb2.WebhookSecretRequest, _gateway_pb2.WebhookSecret]  # type: ignore[assignment]
+    """Replace the webhook secret; the old one stops working at once."""
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """Register and read workflow definitions."""
@@ -110,6 +122,24 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.StartRunResponse, _abc.Awaitable[_gateway_pb2.StartRunResponse]]:
         """Run a definition with sample trigger data without registering it (FEATURES D10)."""
+
+    @_abc_1.abstractmethod
+    def GetWebhookSecret(
+        self,
+        request: _gateway_pb2.WebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.WebhookSecret, _abc.Awaitable[_gateway_pb2.WebhookSecret]]:
+        """The secret webhook callers sign request bodies with (HMAC-SHA256, FEATURES T3);
+        generated when first needed. The workflow needs a `webhook: true` trigger.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _gateway_pb2.WebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.WebhookSecret, _abc.Awaitable[_gateway_pb2.WebhookSecret]]:
+        """Replace the webhook secret; the old one stops working at once."""
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
