@@ -363,8 +363,8 @@ def task_input(run: RunState, definition: WorkflowDefinition, node: Node | str) 
     upstream: dict[str, JsonValue] = {}
     for ancestor in sorted(definition.ancestors(node.id)):
         state = run.tasks[ancestor]
-        if state.status is TaskStatus.SUCCEEDED:
-            upstream[ancestor] = state.output
+        if state.status is TaskStatus.SUCCEEDED or state.skipped_by_operator:
+            upstream[ancestor] = state.output  # an operator's skip supplies the output
     return {
         "trigger": run.trigger.data,
         "context": dict(definition.context),
