@@ -24,7 +24,7 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_TIMER_POLL_SECONDS | 0.5 | how often the scheduler looks for due timers |
 | FLOWYARD_CRON_POLL_SECONDS | 1 | how often the scheduler looks for due schedule ticks; |
 |   |   | 0 = this instance runs no schedules (another one does) |
-| FLOWYARD_SMTP_HOST | 127.0.0.1 | SMTP server for email nodes (and, later, alerts) |
+| FLOWYARD_SMTP_HOST | 127.0.0.1 | SMTP server for email nodes and alerts |
 | FLOWYARD_SMTP_PORT | 25 | SMTP port |
 | FLOWYARD_SMTP_FROM | flowyard@localhost | sender address |
 | FLOWYARD_SMTP_USERNAME | (none) | SMTP login; empty = no login |
@@ -32,6 +32,17 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
 | FLOWYARD_SLACK_API_URL | https://slack.com/api | Slack Web API base URL |
 | FLOWYARD_SLACK_BOT_TOKEN | (none) | bot token for Slack nodes (xoxb-...) |
+| FLOWYARD_RUN_LINK_BASE | http://127.0.0.1:8080/runs | alerts link to ``<base>/<run id>`` |
+| FLOWYARD_ALERT_POLL_SECONDS | 0.5 | how often the alerter looks for due retries and runtime |
+|   |   | thresholds |
+| FLOWYARD_ALERT_MAX_ATTEMPTS | 8 | delivery attempts before an alert is dead-lettered |
+| FLOWYARD_ALERT_BACKOFF_SECONDS | 2 | wait before the first retry; doubled each time |
+| FLOWYARD_ALERT_BACKOFF_MAX_SECONDS | 300 | longest wait between two attempts |
+| FLOWYARD_ALERT_RATE_PER_MINUTE | 30 | alerts per minute to one address or Slack channel |
+| FLOWYARD_ALERT_RATE_BURST | 10 | alerts one address or channel may get at once |
+| FLOWYARD_ALERT_SEND_TIMEOUT_SECONDS | 15 | limit of one SMTP or Slack delivery attempt |
+| FLOWYARD_ALERT_LEASE_SECONDS | 30 | an alert claimed by an alerter that died is retried |
+|   |   | after this |
 | FLOWYARD_LOG_LEVEL | INFO | log level |
 """
 
@@ -115,6 +126,21 @@ class SlackSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """How the alerter delivers (FLOWYARD_RUN_LINK_BASE and FLOWYARD_ALERT_*)."""
+
+    run_link_base: str = "http://127.0.0.1:8080/runs"
+    poll_seconds: float = 0.5
+    max_attempts: int = 8
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    rate_per_minute: float = 30.0
+    rate_burst: int = 10
+    send_timeout_seconds: float = 15.0
+    lease_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     mongo_url: str = "mongodb://127.0.0.1:27017"
@@ -135,6 +161,7 @@ class Settings:
     cron_poll_seconds: float = 1.0
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     log_level: str = "INFO"
 
 
@@ -188,6 +215,25 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         slack=SlackSettings(
             api_url=get("FLOWYARD_SLACK_API_URL", SlackSettings.api_url).rstrip("/"),
             bot_token=get("FLOWYARD_SLACK_BOT_TOKEN", ""),
+        ),
+        alerts=AlertSettings(
+            run_link_base=get("FLOWYARD_RUN_LINK_BASE", AlertSettings.run_link_base).rstrip("/"),
+            poll_seconds=get_float("FLOWYARD_ALERT_POLL_SECONDS", AlertSettings.poll_seconds),
+            max_attempts=get_int("FLOWYARD_ALERT_MAX_ATTEMPTS", AlertSettings.max_attempts),
+            backoff_seconds=get_float(
+                "FLOWYARD_ALERT_BACKOFF_SECONDS", AlertSettings.backoff_seconds
+            ),
+            backoff_max_seconds=get_float(
+                "FLOWYARD_ALERT_BACKOFF_MAX_SECONDS", AlertSettings.backoff_max_seconds
+            ),
+            rate_per_minute=get_float(
+                "FLOWYARD_ALERT_RATE_PER_MINUTE", AlertSettings.rate_per_minute
+            ),
+            rate_burst=get_int("FLOWYARD_ALERT_RATE_BURST", AlertSettings.rate_burst),
+            send_timeout_seconds=get_float(
+                "FLOWYARD_ALERT_SEND_TIMEOUT_SECONDS", AlertSettings.send_timeout_seconds
+            ),
+            lease_seconds=get_float("FLOWYARD_ALERT_LEASE_SECONDS", AlertSettings.lease_seconds),
         ),
         log_level=get("FLOWYARD_LOG_LEVEL", "INFO").upper(),
     )

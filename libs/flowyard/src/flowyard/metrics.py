@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 HANDOFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+ALERT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 class ServiceMetrics:
@@ -102,6 +103,31 @@ class ServiceMetrics:
             "flowyard_runs_not_started_total",
             "Start requests turned down, by workflow and reason (paused, draft, concurrency)",
             ["workflow", "reason"],
+            registry=registry,
+        )
+        self.alerts_sent = Counter(
+            "flowyard_alerts_sent_total",
+            "Alerts delivered, by kind (failed, succeeded, runtime ...) and channel",
+            ["kind", "channel"],
+            registry=registry,
+        )
+        self.alerts_failed = Counter(
+            "flowyard_alerts_failed_total",
+            "Alerts given up on (retries exhausted or refused) and dead-lettered",
+            ["kind", "channel"],
+            registry=registry,
+        )
+        self.alert_delivery = Histogram(
+            "flowyard_alert_delivery_seconds",
+            "Time from the lifecycle event (or the runtime threshold) to the alert's delivery",
+            ["kind", "channel"],
+            buckets=ALERT_BUCKETS,
+            registry=registry,
+        )
+        self.alerts_rate_limited = Counter(
+            "flowyard_alerts_rate_limited_total",
+            "Alert deliveries postponed by the per-destination rate limit",
+            ["channel"],
             registry=registry,
         )
 
