@@ -17,6 +17,7 @@ from flowyard.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flowyard_api_gateway.history_servicer import add_history_service, prepare_history
 from flowyard_api_gateway.metrics_interceptor import RequestMetricsInterceptor
 from flowyard_api_gateway.run_events import RunEventsHub
 from flowyard_api_gateway.servicers import RunServicer, WorkflowServicer
@@ -54,6 +55,7 @@ class Gateway:
             store = await stack.enter_async_context(
                 MongoStore(settings.mongo_url, settings.mongo_db)
             )
+            await prepare_history(store)
             publisher = await stack.enter_async_context(
                 KafkaPublisher(settings.kafka_bootstrap, SERVICE)
             )
@@ -97,12 +99,14 @@ def build_server(
     gateway_pb2_grpc.add_RunServiceServicer_to_server(
         RunServicer(store, publisher, settings.topics, hub, metrics), server
     )
+    history_service = add_history_service(server, store, hub)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [
         gateway_pb2.DESCRIPTOR.services_by_name[name].full_name
         for name in ("WorkflowService", "RunService")
     ]
+    services.append(history_service)
     for name in [*services, ""]:
         asyncio.get_running_loop().create_task(
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

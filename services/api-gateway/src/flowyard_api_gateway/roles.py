@@ -36,4 +36,12 @@ METHOD_ROLES: dict[str, Role] = {
     "/flowyard.v1.RunService/GetRun": Role.VIEWER,
     "/flowyard.v1.RunService/WatchRun": Role.VIEWER,
     "/flowyard.v1.RunService/DecideApproval": Role.OPERATOR,
+    "/flowyard.v1.HistoryService/ListRuns": Role.VIEWER,
+    "/flowyard.v1.HistoryService/ExportRuns": Role.VIEWER,
+    "/flowyard.v1.HistoryService/GetRunGraph": Role.VIEWER,
+    "/flowyard.v1.HistoryService/GetLogs": Role.VIEWER,
+    "/flowyard.v1.HistoryService/TailLogs": Role.VIEWER,
+    "/flowyard.v1.HistoryService/GetAnalytics": Role.VIEWER,
+    "/flowyard.v1.HistoryService/GetStorageCounts": Role.VIEWER,
+    "/flowyard.v1.HistoryService/PurgeRuns": Role.ADMIN,
 }

@@ -1,0 +1,314 @@
+"""MongoDB queries behind run history, logs, CSV export, analytics and retention.
+
+Works against MongoDB and FerretDB v1. The history indexes (:data:`flowyard.history.query.
+INDEXES`) serve every common filter with its sort order on MongoDB. FerretDB v1's SQLite
+backend creates them but plans every query as a full table scan (its ``explain`` says
+``SCAN`` with ``filterPushdown: false``): there the same queries are correct, and their
+cost grows with the number of stored runs.
+
+Only aggregation that FerretDB v1 implements is used (``$match``, ``$group`` with
+``$sum: 1``); everything else is computed here while streaming documents.
+
+Logs are stored in chunks: one document per batch of lines of one attempt
+(``{run_id}:{node_id}:{attempt}:{chunk}``), written as the attempt runs and at its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from flowyard.adapters.mongo import MongoStore
+from flowyard.adapters.mongo_documents import Document
+from flowyard.domain.run import RunStatus
+from flowyard.errors import InfrastructureError
+from flowyard.history.logs import LogRecord
+from flowyard.history.query import INDEXES, Cursor, RunQuery, mongo_filter, mongo_sort
+
+# What a history row needs; the tasks (and user data) stay in the database.
+SUMMARY_PROJECTION: Document = {"tasks": 0, "trigger.data": 0, "parent": 0}
+# What analytics needs of each run.
+ANALYTICS_PROJECTION: Document = {
+    "trigger.data": 0,
+    "tasks.output": 0,
+    "tasks.error": 0,
+    "tasks.warnings": 0,
+    "parent": 0,
+}
+FINISHED = [s.value for s in RunStatus if s.finished]
+ACTIVE = [s.value for s in RunStatus if not s.finished]
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Lines ``first_seq``.. of one attempt, stored as one document."""
+
+    run_id: str
+    workflow_id: str
+    node_id: str
+    attempt: int
+    chunk: int
+    lines: Sequence[LogRecord]
+
+    @property
+    def doc_id(self) -> str:
+        return f"{self.run_id}:{self.node_id}:{self.attempt}:{self.chunk:06d}"
+
+
+@dataclass(frozen=True)
+class PurgedRuns:
+    runs: int = 0
+    attempts: int = 0
+    log_chunks: int = 0
+
+
+class HistoryStore:
+    """Read models over the runs, attempts and logs collections of a :class:`MongoStore`."""
+
+    def __init__(self, store: MongoStore) -> None:
+        self._store = store
+        self.runs: AsyncCollection[Document] = store.runs
+        self.attempts: AsyncCollection[Document] = store.attempts
+        self.workflows: AsyncCollection[Document] = store.workflows
+        self.logs: AsyncCollection[Document] = store.runs.database["logs"]
+        self.snapshots: AsyncCollection[Document] = store.snapshots
+        self.timers: AsyncCollection[Document] = store.timers
+
+    async def ensure_indexes(self) -> None:
+        try:
+            for name, keys in INDEXES.items():
+                await self.runs.create_index(list(keys), name=name)
+            await self.logs.create_index(
+                [("run_id", ASCENDING), ("node_id", ASCENDING), ("attempt", ASCENDING)],
+                name="run_node_attempt",
+            )
+            await self.logs.create_index([("workflow_id", ASCENDING)], name="workflow")
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+
+    # --- history --------------------------------------------------------------------------
+
+    async def list_runs(
+        self, query: RunQuery, after: Cursor | None = None
+    ) -> tuple[list[Document], Cursor | None]:
+        """One page of run documents (without tasks) and the cursor of the next page."""
+        try:
+            cursor = (
+                self.runs.find(mongo_filter(query, after), SUMMARY_PROJECTION)
+                .sort(mongo_sort(query))
+                .limit(query.limit + 1)
+            )
+            docs = [doc async for doc in cursor]
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+        if len(docs) <= query.limit:
+            return docs, None
+        page = docs[: query.limit]
+        return page, Cursor.after_doc(query, page[-1])
+
+    async def iter_runs(
+        self, query: RunQuery, projection: Mapping[str, Any] | None = None, batch: int = 1000
+    ) -> AsyncIterator[Document]:
+        """Every matching run in order, fetched ``batch`` at a time (keyset pages, so
+        nothing but one batch is ever held, and a long export holds no server cursor)."""
+        after: Cursor | None = None
+        while True:
+            try:
+                cursor = (
+                    self.runs.find(
+                        mongo_filter(query, after),
+                        dict(projection) if projection is not None else SUMMARY_PROJECTION,
+                    )
+                    .sort(mongo_sort(query))
+                    .limit(batch)
+                )
+                docs = [doc async for doc in cursor]
+            except PyMongoError as exc:
+                raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+            for doc in docs:
+                yield doc
+            if len(docs) < batch:
+                return
+            after = Cursor.after_doc(query, docs[-1])
+
+    async def explain_list(self, query: RunQuery) -> Document:
+        """The server's plan for :meth:`list_runs` (tests show which index it uses)."""
+        command: Document = {
+            "find": self.runs.name,
+            "filter": mongo_filter(query),
+            "sort": dict(mongo_sort(query)),
+            "projection": SUMMARY_PROJECTION,
+            "limit": query.limit + 1,
+        }
+        try:
+            result: Document = await self.runs.database.command(
+                {"explain": command, "verbosity": "queryPlanner"}
+            )
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB explain failed: {exc}") from exc
+        return result
+
+    async def active_runs(self) -> AsyncIterator[Document]:
+        """Runs that are not finished, with their tasks (queue depth)."""
+        try:
+            async for doc in self.runs.find({"status": {"$in": ACTIVE}}, ANALYTICS_PROJECTION):
+                yield doc
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+
+    # --- logs -----------------------------------------------------------------------------
+
+    async def append_logs(self, chunk: LogChunk) -> None:
+        """Store a chunk of lines; storing the same chunk again changes nothing."""
+        if not chunk.lines:
+            return
+        doc: Document = {
+            "_id": chunk.doc_id,
+            "run_id": chunk.run_id,
+            "workflow_id": chunk.workflow_id,
+            "node_id": chunk.node_id,
+            "attempt": chunk.attempt,
+            "chunk": chunk.chunk,
+            "first_seq": chunk.lines[0].seq,
+            "count": len(chunk.lines),
+            "created_at": datetime.now(UTC),
+            "lines": [
+                {"t": line.time, "s": line.stream, "l": line.level, "x": line.text}
+                for line in chunk.lines
+            ],
+        }
+        try:
+            await self.logs.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+
+    async def log_chunks(
+        self, run_id: str, node_id: str = "", attempt: int = 0, skip_ids: Iterable[str] = ()
+    ) -> list[tuple[str, list[LogRecord]]]:
+        """Stored chunks of a run (or one task, or one attempt) as (chunk id, lines), in
+        order of task, attempt and position; chunks in ``skip_ids`` are left out."""
+        query: Document = {"run_id": run_id}
+        if node_id:
+            query["node_id"] = node_id
+        if attempt:
+            query["attempt"] = attempt
+        skip = list(skip_ids)
+        if skip:
+            query["_id"] = {"$nin": skip}
+        found: list[tuple[str, list[LogRecord]]] = []
+        try:
+            async for doc in self.logs.find(query):
+                found.append((doc["_id"], _records(doc)))
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+        found.sort(key=lambda item: item[0])
+        return found
+
+    # --- retention and counts -------------------------------------------------------------
+
+    async def run_counts(self) -> dict[str, int]:
+        """Stored runs per workflow name."""
+        return await self._count_by(self.runs, "workflow_name")
+
+    async def log_line_counts(self) -> dict[str, int]:
+        """Stored log chunks' lines per workflow id (summed here: FerretDB v1's ``$sum``
+        of a field is not reliable)."""
+        counts: dict[str, int] = {}
+        try:
+            async for doc in self.logs.find({}, {"workflow_id": 1, "count": 1}):
+                key = str(doc.get("workflow_id", ""))
+                counts[key] = counts.get(key, 0) + int(doc.get("count", 0))
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+        return counts
+
+    async def oldest_run(self, workflow_name: str) -> datetime | None:
+        try:
+            doc = await self.runs.find_one(
+                {"workflow_name": workflow_name},
+                {"created_at": 1},
+                sort=[("created_at", ASCENDING), ("_id", ASCENDING)],
+            )
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+        return None if doc is None else doc["created_at"]
+
+    async def _count_by(self, collection: AsyncCollection[Document], field: str) -> dict[str, int]:
+        pipeline: list[Document] = [{"$group": {"_id": f"${field}", "n": {"$sum": 1}}}]
+        try:
+            cursor = await collection.aggregate(pipeline)
+            return {str(doc["_id"] or ""): int(doc["n"]) async for doc in cursor}
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB aggregation failed: {exc}") from exc
+
+    async def expired_run_ids(
+        self, workflow_name: str, retention_days: int, now: datetime, limit: int
+    ) -> list[str]:
+        """Finished runs of the workflow that started more than ``retention_days`` ago."""
+        cutoff = now - timedelta(days=retention_days)
+        query: Document = {
+            "workflow_name": workflow_name,
+            "created_at": {"$lt": cutoff},
+            "status": {"$in": FINISHED},
+        }
+        try:
+            cursor = (
+                self.runs.find(query, {"_id": 1})
+                .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+                .limit(limit)
+            )
+            return [doc["_id"] async for doc in cursor]
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+
+    async def count_expired(self, workflow_name: str, retention_days: int, now: datetime) -> int:
+        cutoff = now - timedelta(days=retention_days)
+        try:
+            return await self.runs.count_documents(
+                {
+                    "workflow_name": workflow_name,
+                    "created_at": {"$lt": cutoff},
+                    "status": {"$in": FINISHED},
+                }
+            )
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> PurgedRuns:
+        """Delete runs with everything stored under them. Children go first, so an
+        interrupted purge leaves runs (found again next time), never orphans."""
+        if not run_ids:
+            return PurgedRuns()
+        ids = {"$in": list(run_ids)}
+        try:
+            attempts = await self.attempts.delete_many({"run_id": ids})
+            logs = await self.logs.delete_many({"run_id": ids})
+            await self.timers.delete_many({"run_id": ids})
+            await self.snapshots.delete_many({"_id": ids})
+            runs = await self.runs.delete_many({"_id": ids})
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB delete failed: {exc}") from exc
+        return PurgedRuns(runs.deleted_count, attempts.deleted_count, logs.deleted_count)
+
+
+def _records(doc: Mapping[str, Any]) -> list[LogRecord]:
+    first = int(doc.get("first_seq", 0))
+    return [
+        LogRecord(
+            run_id=doc["run_id"],
+            node_id=doc["node_id"],
+            attempt=int(doc["attempt"]),
+            seq=first + offset,
+            time=line["t"],
+            stream=line.get("s", "stdout"),
+            level=line.get("l", ""),
+            text=line.get("x", ""),
+        )
+        for offset, line in enumerate(doc.get("lines") or ())
+    ]
