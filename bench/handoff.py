@@ -30,7 +30,10 @@ import grpc
 from aiokafka import AIOKafkaConsumer
 from flowyard import codec
 from flowyard.adapters.kafka import ensure_topics
+from flowyard.adapters.tokens import TokenStore
+from flowyard.client_auth import bearer_channel
 from flowyard.config import Settings, Topics
+from flowyard.domain.access import Role
 from flowyard.domain.definition import parse_definition
 from flowyard.v1 import gateway_pb2, gateway_pb2_grpc
 from pymongo import AsyncMongoClient
@@ -107,7 +110,9 @@ async def main() -> None:
             replace(Settings(), kafka_bootstrap=kafka, topics=Topics(f"bench{unique}"))
         )
         await finished.__aenter__()
-        channel = grpc.aio.insecure_channel(grpc_addr)
+        async with TokenStore.connect(mongo, env["FLOWYARD_MONGO_DB"]) as tokens:
+            _record, token = await tokens.issue("bench", Role.ADMIN, created_by="bench")
+        channel = bearer_channel(grpc_addr, token)
         workflows = gateway_pb2_grpc.WorkflowServiceStub(channel)
         runs = gateway_pb2_grpc.RunServiceStub(channel)
         await channel.channel_ready()

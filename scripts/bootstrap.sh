@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs and is missing: the system tools (Java for Kafka, Go
-# for FerretDB, Maven to fetch Kafka's jars), uv, and the Python workspace from uv.lock.
+# for FerretDB, Maven to fetch Kafka's jars, bubblewrap for the code sandbox), uv, and the
+# Python workspace from uv.lock.
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || need_apt+=(golan
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # promtool checks the Prometheus config and rules in the contract tests
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# bubblewrap confines code nodes (namespaces, no network, read-only view); docs/threat-model.md
+command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	echo "bootstrap: installing ${need_apt[*]}" >&2
 	if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi

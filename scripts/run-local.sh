@@ -3,12 +3,16 @@
 # Slack and a supplier API (scripts/stack/dev_services.py), register the examples, then run
 # restock-check (every node type) to the end: it waits for an approval, which this script
 # gives. The stack keeps running; `make stop` stops it.
+# The gateway wants a token on every call: this script issues an admin token for the local
+# stack once (flowyard-api-gateway issue-token, straight into MongoDB), keeps it in
+# $STATE_DIR/admin-token (mode 600), reuses it while the gateway accepts it, and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=stack/lib.sh
 source scripts/stack/lib.sh
 
 APPROVAL_WAIT_SECONDS="${FLOWYARD_RUN_APPROVAL_WAIT_SECONDS:-120}"
+TOKEN_FILE="$STATE_DIR/admin-token"
 
 eval "$(scripts/stack/start.sh)"
 export FLOWYARD_KAFKA_BOOTSTRAP FLOWYARD_MONGO_URL
@@ -16,15 +20,48 @@ scripts/services.sh start
 
 flowyard() { scripts/uv.sh run --frozen --no-sync flowyard "$@"; }
 
+# issue_admin_token : a new admin token into $TOKEN_FILE (only MongoDB is needed for this).
+issue_admin_token() {
+	local token
+	token=$(scripts/uv.sh run --frozen --no-sync flowyard-api-gateway issue-token \
+		--name local-admin --role admin)
+	(
+		umask 077
+		printf '%s\n' "$token" >"$TOKEN_FILE.new"
+	)
+	chmod 600 "$TOKEN_FILE.new"
+	mv -f "$TOKEN_FILE.new" "$TOKEN_FILE"
+}
+
+[[ -s "$TOKEN_FILE" ]] || issue_admin_token
+chmod 600 "$TOKEN_FILE"
+FLOWYARD_TOKEN=$(<"$TOKEN_FILE")
+export FLOWYARD_TOKEN
+
+# whoami exits 3 while the gateway is unreachable, 1 when it refuses the token.
 echo "waiting for the gateway on ${FLOWYARD_GRPC_ADDR:-127.0.0.1:50051} ..." >&2
+status=3
 for _ in $(seq 1 120); do
-	flowyard workflow list >/dev/null 2>&1 && break
+	status=0
+	flowyard whoami >/dev/null 2>&1 || status=$?
+	[[ "$status" == 3 ]] || break
 	sleep 0.5
 done
-flowyard workflow list >/dev/null || {
-	echo "the gateway did not come up; see the logs in the stack's state directory" >&2
+if [[ "$status" != 0 && "$status" != 3 ]]; then
+	# A saved token this database does not know (reset, or revoked): issue a new one.
+	echo "the saved admin token was refused; issuing a new one" >&2
+	issue_admin_token
+	FLOWYARD_TOKEN=$(<"$TOKEN_FILE")
+fi
+flowyard whoami >/dev/null || {
+	echo "the gateway did not come up or refuses the admin token; see the logs in" \
+		"$STATE_DIR/logs" >&2
 	exit 1
 }
+echo "admin token for the local stack (saved in $TOKEN_FILE):"
+echo "  $FLOWYARD_TOKEN"
+echo "use it with: export FLOWYARD_TOKEN=\$(cat $TOKEN_FILE)"
+echo
 
 for file in examples/*.yaml; do
 	flowyard workflow apply -f "$file"
@@ -91,6 +128,7 @@ print("  latest email: to", ", ".join(mail["to"]) + ":", repr(mail["subject"]))
 fi
 echo
 echo "The stack is running: gRPC ${FLOWYARD_GRPC_ADDR:-127.0.0.1:50051}, metrics on ports 9101-9104."
+echo "The CLI needs the admin token: export FLOWYARD_TOKEN=\$(cat $TOKEN_FILE)"
 echo "Try the shortage branch (posts to Slack):"
 echo "  scripts/uv.sh run flowyard run start restock-check --input '{\"sku\": \"widget-7\", \"quantity\": 500}' --watch"
 echo "Stop it with: make stop"

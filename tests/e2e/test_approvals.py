@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 from flowyard import codec
+from flowyard.domain.access import Role
 from flowyard.v1 import gateway_pb2, run_pb2
 
 from tests.e2e.conftest import RunningFlowyard
@@ -43,9 +44,15 @@ async def waiting_run(flowyard: RunningFlowyard, eventually: Eventually) -> str:
     return started.run_id
 
 
-def decision(run_id: str, approved: bool, by: str = "dana", node: str = "sign-off") -> Any:
-    return gateway_pb2.DecideApprovalRequest(
-        run_id=run_id, node_id=node, approved=approved, comment="looks fine", decided_by=by
+async def decide(
+    flowyard: RunningFlowyard, run_id: str, approved: bool, by: str = "dana", node: str = "sign-off"
+) -> Any:
+    """Decide as principal ``by`` (an operator token): who decides is the token's name."""
+    client = await flowyard.client_as(by, Role.OPERATOR)
+    return await client.runs.DecideApproval(
+        gateway_pb2.DecideApprovalRequest(
+            run_id=run_id, node_id=node, approved=approved, comment="looks fine"
+        )
     )
 
 
@@ -54,7 +61,7 @@ async def test_an_approved_task_lets_the_run_finish_and_records_who_decided(
 ) -> None:
     run_id = await waiting_run(flowyard, eventually)
 
-    await flowyard.runs.DecideApproval(decision(run_id, approved=True))
+    await decide(flowyard, run_id, approved=True)
 
     run = await finished_run(flowyard, run_id, eventually)
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED
@@ -70,7 +77,7 @@ async def test_a_rejection_fails_the_run_with_the_reason(
 ) -> None:
     run_id = await waiting_run(flowyard, eventually)
 
-    await flowyard.runs.DecideApproval(decision(run_id, approved=False, by="lee"))
+    await decide(flowyard, run_id, approved=False, by="lee")
 
     run = await finished_run(flowyard, run_id, eventually)
     assert run.status == run_pb2.RUN_STATUS_FAILED
@@ -85,17 +92,17 @@ async def test_decisions_the_run_cannot_take_are_refused_with_the_reason(
     run_id = await waiting_run(flowyard, eventually)
 
     with pytest.raises(grpc.aio.AioRpcError) as not_an_approver:
-        await flowyard.runs.DecideApproval(decision(run_id, approved=True, by="mallory"))
+        await decide(flowyard, run_id, approved=True, by="mallory")
     assert not_an_approver.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "dana" in (not_an_approver.value.details() or "")
 
     with pytest.raises(grpc.aio.AioRpcError) as not_an_approval:
-        await flowyard.runs.DecideApproval(decision(run_id, approved=True, node="order"))
+        await decide(flowyard, run_id, approved=True, node="order")
     assert not_an_approval.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    await flowyard.runs.DecideApproval(decision(run_id, approved=True))
+    await decide(flowyard, run_id, approved=True)
     await finished_run(flowyard, run_id, eventually)
     with pytest.raises(grpc.aio.AioRpcError) as decided_already:
-        await flowyard.runs.DecideApproval(decision(run_id, approved=False))
+        await decide(flowyard, run_id, approved=False)
     assert decided_already.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not waiting" in (decided_already.value.details() or "")

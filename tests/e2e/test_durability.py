@@ -18,12 +18,15 @@ from typing import Any
 import grpc
 import pytest
 from flowyard import codec
+from flowyard.client_auth import bearer_channel
 from flowyard.config import Settings
 from flowyard.domain.definition import parse_definition
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import gateway_pb2, gateway_pb2_grpc, run_pb2
 from flowyard_api_gateway.__main__ import Gateway
 from prometheus_client import CollectorRegistry
+
+from tests.e2e.conftest import admin_token
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +88,7 @@ def services(settings: Settings) -> Iterator[Services]:
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
     async with Gateway(settings, ServiceMetrics(CollectorRegistry(), "api-gateway")) as gw:
-        channel = grpc.aio.insecure_channel(gw.address)
+        channel = bearer_channel(gw.address, await admin_token(settings))
         try:
             yield channel
         finally:

@@ -214,7 +214,7 @@ async def test_a_dry_run_runs_an_unregistered_definition_as_a_test_run(
     assert run.status == run_pb2.RUN_STATUS_SUCCEEDED, run
     assert run.test
     assert run.workflow_name == "dry-pricing"
-    assert run.trigger.started_by == "tester"
+    assert run.trigger.started_by == flowyard.principal  # the token's, not the field's
     assert codec.value_to_json(task(run, "double").output) == 42
     listed = await flowyard.workflows.ListWorkflows(gateway_pb2.ListWorkflowsRequest())
     assert "dry-pricing" not in {w.definition.name for w in listed.workflows}

@@ -19,6 +19,12 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_CODE_TIMEOUT_SECONDS | 300 | wall-clock limit of a code node without its own timeout |
 | FLOWYARD_CODE_MEMORY_MB | 512 | address-space limit of a code node's process |
 | FLOWYARD_CODE_CPU_SECONDS | 300 | CPU-time limit of a code node's process |
+| FLOWYARD_CODE_DISK_MB | 64 | size of a code node's working directory (a tmpfs) |
+| FLOWYARD_CODE_SANDBOX | bwrap | how code nodes are confined: bwrap (namespaces, no network, |
+|   |   | a read-only view of the Python installation) or none (limits only; trusted code) |
+| FLOWYARD_CODE_SANDBOX_PYTHON | (auto) | interpreter code nodes run; default: the executor's own |
+|   |   | when the sandbox user can reach it, else /usr/bin/python3 |
+| FLOWYARD_CODE_SANDBOX_UID | 65534 | user code nodes run as when the executor runs as root |
 | FLOWYARD_HEARTBEAT_SECONDS | 5 | how often an executor reports each running task as alive |
 | FLOWYARD_TASK_LEASE_SECONDS | 30 | a running task silent this long is re-dispatched |
 | FLOWYARD_TIMER_POLL_SECONDS | 0.5 | how often the scheduler looks for due timers |
@@ -155,6 +161,10 @@ class Settings:
     code_timeout_seconds: float = 300.0
     code_memory_mb: int = 512
     code_cpu_seconds: int = 300
+    code_disk_mb: int = 64
+    code_sandbox: str = "bwrap"
+    code_sandbox_python: str = ""
+    code_sandbox_uid: int = 65534
     heartbeat_seconds: float = 5.0
     task_lease_seconds: float = 30.0
     timer_poll_seconds: float = 0.5
@@ -200,6 +210,10 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         code_timeout_seconds=float(get_int("FLOWYARD_CODE_TIMEOUT_SECONDS", 300)),
         code_memory_mb=get_int("FLOWYARD_CODE_MEMORY_MB", 512),
         code_cpu_seconds=get_int("FLOWYARD_CODE_CPU_SECONDS", 300),
+        code_disk_mb=get_int("FLOWYARD_CODE_DISK_MB", Settings.code_disk_mb),
+        code_sandbox=get("FLOWYARD_CODE_SANDBOX", Settings.code_sandbox).lower(),
+        code_sandbox_python=get("FLOWYARD_CODE_SANDBOX_PYTHON", ""),
+        code_sandbox_uid=get_int("FLOWYARD_CODE_SANDBOX_UID", Settings.code_sandbox_uid),
         heartbeat_seconds=get_float("FLOWYARD_HEARTBEAT_SECONDS", 5.0),
         task_lease_seconds=get_float("FLOWYARD_TASK_LEASE_SECONDS", 30.0),
         timer_poll_seconds=get_float("FLOWYARD_TIMER_POLL_SECONDS", 0.5),

@@ -1,4 +1,9 @@
-"""gRPC servicers: validate the request, call the store or publish, map with the codec."""
+"""gRPC servicers: validate the request, call the store or publish, map with the codec.
+
+Who started a run or decided an approval is the caller's authenticated principal
+(:func:`flowyard_api_gateway.auth.caller_name`); the ``started_by``/``decided_by`` request
+fields are ignored then, and used only by servicers running without the auth interceptor.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from flowyard.errors import (
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, run_pb2, workflow_pb2
 
+from flowyard_api_gateway.auth import caller_name
 from flowyard_api_gateway.errors import (
     AlreadyExistsError,
     InvalidRequestError,
@@ -36,6 +42,11 @@ from flowyard_api_gateway.errors import (
     translate_stream_errors,
 )
 from flowyard_api_gateway.run_events import RunEventsHub
+from flowyard_api_gateway.workflow_triggers import (
+    WebhookSecretMethods,
+    describe_workflow,
+    describe_workflows,
+)
 
 # A watcher re-reads its run at least this often, so a missed wake-up is never fatal.
 WATCH_REFRESH_SECONDS = 10.0
@@ -69,7 +80,7 @@ def _state_error(state: WorkflowState, name: str) -> WorkflowStateError:
     return WorkflowStateError(f"workflow {name!r} is {what}; activate it to start runs")
 
 
-class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
+class WorkflowServicer(WebhookSecretMethods, gateway_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, store: MongoStore, publisher: Publisher, topics: Topics) -> None:
         self._store = store
         self._publisher = publisher
@@ -115,7 +126,7 @@ class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
         if not request.name:
             raise InvalidRequestError("name", "is required")
         workflow = await self._store.get_workflow(request.name, request.version)
-        return codec.workflow_to_proto(workflow)
+        return await describe_workflow(self._store, workflow)
 
     @translate_errors
     async def ListWorkflows(
@@ -123,7 +134,7 @@ class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
     ) -> gateway_pb2.ListWorkflowsResponse:
         workflows = await self._store.list_workflows()
         return gateway_pb2.ListWorkflowsResponse(
-            workflows=[codec.workflow_to_proto(w) for w in workflows]
+            workflows=await describe_workflows(self._store, workflows)
         )
 
     @translate_errors
@@ -184,7 +195,7 @@ class WorkflowServicer(gateway_pb2_grpc.WorkflowServiceServicer):
             kind=TriggerKind.API,
             data=codec.value_to_json(request.input) if request.HasField("input") else {},
             detail="gRPC DryRunWorkflow",
-            started_by=request.started_by or "anonymous",
+            started_by=caller_name(request.started_by or "anonymous"),
         )
         run_id = uuid.uuid4().hex
         # No registry entry: no workflow id, version 0. The snapshot goes first, so the
@@ -225,7 +236,7 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
             kind=TriggerKind.API,
             data=codec.value_to_json(request.input) if request.HasField("input") else {},
             detail="gRPC StartRun",
-            started_by=request.started_by or "anonymous",
+            started_by=caller_name(request.started_by or "anonymous"),
             idempotency_key=request.idempotency_key,
         )
         if request.idempotency_key:
@@ -314,7 +325,7 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
                 "not waiting for a decision"
             )
         approvers = node.config.get("approvers") or []
-        decided_by = request.decided_by or "anonymous"
+        decided_by = caller_name(request.decided_by or "anonymous")
         if isinstance(approvers, list) and approvers and decided_by not in approvers:
             raise InvalidTransitionError(
                 f"approval {node.id!r} may be decided only by {', '.join(map(str, approvers))}"

@@ -69,6 +69,11 @@ class MongoStore:
         self.timers = self._db["timers"]
         self.slots = self._db["run_slots"]
 
+    @property
+    def database(self) -> AsyncDatabase[Document]:
+        """The database, for stores of other collections sharing this client."""
+        return self._db
+
     async def __aenter__(self) -> MongoStore:
         await self.ensure_indexes()
         return self

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format
 
-from flowyard.cli import render, rpc, workflows
+from flowyard.cli import render, rpc, tokens, workflows
+from flowyard.cli.config import ConfigError, load_config
 from flowyard.codec import json_to_value
 from flowyard.v1 import gateway_pb2, run_pb2, workflow_pb2
 
@@ -293,10 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowyard",
         description="Register workflows, start runs and follow them.",
-        epilog=f"Set ${rpc.TOKEN_ENV} to send a bearer token with every call.",
+        epilog=f"Every call sends a bearer token: ${rpc.TOKEN_ENV}, else `token` in the config "
+        "file ($FLOWYARD_CONFIG or ~/.config/flowyard/config.toml, which may also set `server`).",
         parents=[common],
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{workflow,run}")
+    groups = parser.add_subparsers(
+        dest="group", required=True, metavar="{workflow,run,token,whoami}"
+    )
 
     workflow = groups.add_parser("workflow", help="register and read workflow definitions")
     wf = workflow.add_subparsers(dest="command", required=True)
@@ -367,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("node_id", metavar="NODE_ID", help="the approval node's id")
         decide.add_argument("--comment", help="why (a rejection's reason fails the run)")
         decide.set_defaults(handler=handler)
+
+    tokens.add_parsers(groups, common)
     return parser
 
 
@@ -376,9 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    address = rpc.server_address(getattr(args, "server", None))
     try:
-        with rpc.connect(address, rpc.call_metadata()) as gateway:
+        config = load_config()
+    except ConfigError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    if config.warning:
+        _err(config.warning)
+    address = rpc.server_address(getattr(args, "server", None), config=config)
+    try:
+        with rpc.connect(address, rpc.call_metadata(config=config)) as gateway:
             code: int = args.handler(args, gateway)
             return code
     except UsageError as exc:

@@ -10,7 +10,8 @@ from typing import cast
 
 import grpc
 
-from flowyard.v1 import gateway_pb2_grpc
+from flowyard.cli.config import CliConfig
+from flowyard.v1 import auth_pb2_grpc, gateway_pb2_grpc
 
 try:  # grpcio-status gives the google.rpc.BadRequest details; without it, details text only.
     from google.rpc import error_details_pb2
@@ -31,14 +32,20 @@ EXIT_UNREACHABLE = 3
 Metadata = tuple[tuple[str, str], ...]
 
 
-def server_address(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """``--server``, else ``$FLOWYARD_GRPC_ADDR``, else 127.0.0.1:50051."""
-    return flag or environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+def server_address(
+    flag: str | None, environ: Mapping[str, str] = os.environ, config: CliConfig | None = None
+) -> str:
+    """``--server``, else ``$FLOWYARD_GRPC_ADDR``, else the config file's ``server``,
+    else 127.0.0.1:50051."""
+    return flag or environ.get(ADDRESS_ENV) or (config.server if config else "") or DEFAULT_ADDRESS
 
 
-def call_metadata(environ: Mapping[str, str] = os.environ) -> Metadata:
-    """``authorization: Bearer <token>`` when ``$FLOWYARD_TOKEN`` is set."""
-    token = environ.get(TOKEN_ENV, "").strip()
+def call_metadata(
+    environ: Mapping[str, str] = os.environ, config: CliConfig | None = None
+) -> Metadata:
+    """``authorization: Bearer <token>`` with ``$FLOWYARD_TOKEN``, else the config file's
+    ``token``; nothing when neither is set (the gateway then answers UNAUTHENTICATED)."""
+    token = environ.get(TOKEN_ENV, "").strip() or (config.token if config else "")
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
@@ -48,6 +55,7 @@ class Gateway:
     metadata: Metadata
     workflows: gateway_pb2_grpc.WorkflowServiceStub
     runs: gateway_pb2_grpc.RunServiceStub
+    tokens: auth_pb2_grpc.TokenServiceStub
 
 
 @contextmanager
@@ -59,6 +67,7 @@ def connect(address: str, metadata: Metadata) -> Iterator[Gateway]:
             metadata=metadata,
             workflows=gateway_pb2_grpc.WorkflowServiceStub(channel),
             runs=gateway_pb2_grpc.RunServiceStub(channel),
+            tokens=auth_pb2_grpc.TokenServiceStub(channel),
         )
 
 
@@ -124,4 +133,17 @@ def describe_rpc_error(exc: grpc.RpcError, address: str) -> tuple[int, str]:
             f"  (is it running? choose another with --server or ${ADDRESS_ENV})"
         )
     violations = field_violations(exc) if code is grpc.StatusCode.INVALID_ARGUMENT else []
-    return EXIT_ERROR, render_rpc_error(code_name, details, violations)
+    message = render_rpc_error(code_name, details, violations)
+    hint = _ACCESS_HINTS.get(code) if isinstance(code, grpc.StatusCode) else None
+    return EXIT_ERROR, f"{message}\n  ({hint})" if hint else message
+
+
+_ACCESS_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: (
+        f"set ${TOKEN_ENV}, or `token` in the config file (~/.config/flowyard/config.toml "
+        "or $FLOWYARD_CONFIG); an admin issues tokens with `flowyard token issue`"
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: (
+        "ask an admin for a token with that role: flowyard token issue NAME --role ROLE"
+    ),
+}
