@@ -251,8 +251,21 @@ def test_workflow_get_prints_a_document_that_applies_back_unchanged() -> None:
 
 def test_workflow_list_is_a_table() -> None:
     lines = workflows.render_workflows([stored(4)]).splitlines()
-    assert lines[0].split() == ["NAME", "VERSION", "STATE", "TYPE", "NODES"]
-    assert lines[1].split() == ["checkout", "4", "active", "payments", "2"]
+    assert lines[0].split() == ["NAME", "VERSION", "STATE", "TYPE", "TRIGGERS", "NEXT", "FIRE",
+                                "LAST", "RUN"]  # fmt: skip
+    assert lines[1].split() == ["checkout", "4", "active", "payments", "-", "-", "-"]
+
+
+def test_workflow_list_shows_triggers_next_fire_time_and_last_run() -> None:
+    workflow = stored(4)
+    workflow.triggers.extend(["manual", "schedule '*/5 * * * *' Europe/Berlin", "webhook"])
+    workflow.next_fire_at.FromDatetime(datetime(2026, 5, 1, 10, 5, tzinfo=UTC))
+    workflow.last_run.run_id = "r-9"
+    workflow.last_run.status = "succeeded"
+    workflow.last_run.created_at.FromDatetime(datetime(2026, 5, 1, 10, 0, 2, tzinfo=UTC))
+    row = workflows.render_workflows([workflow], tz=UTC).splitlines()[1]
+    assert "manual, schedule '*/5 * * * *' Europe/Berlin, webhook" in row
+    assert row.endswith("2026-05-01 10:05:00  succeeded 2026-05-01 10:00:02 r-9")
 
 
 # --- commands against a fake gateway ---------------------------------------------------

@@ -121,6 +121,22 @@ def workflow_clone(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
     return EXIT_OK
 
 
+def workflow_webhook_secret(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
+    """Print the secret webhook callers sign bodies with (``--rotate``: a new one)."""
+    request = gateway_pb2.WebhookSecretRequest(name=args.name)
+    call = (
+        gateway.workflows.RotateWebhookSecret if args.rotate else gateway.workflows.GetWebhookSecret
+    )
+    secret = call(request, metadata=gateway.metadata, timeout=rpc.CALL_TIMEOUT_SECONDS)
+    _out(secret.secret)
+    verb = "rotated; the old secret no longer works" if args.rotate else "current secret"
+    _err(
+        f"{verb} for POST {secret.path}: sign the raw body with HMAC-SHA256 and send "
+        "X-Flowyard-Signature: sha256=<hex>"
+    )
+    return EXIT_OK
+
+
 def workflow_test(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
     """Dry run: the definition runs once with the input, without being registered."""
     checked = workflows.check_files([args.file])
@@ -336,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     clone.add_argument("source", help="workflow name or id to copy")
     clone.add_argument("new_name", metavar="NEW_NAME", help="1-50 of A-Z a-z 0-9 _ - .")
     clone.set_defaults(handler=workflow_clone)
+    secret = wf.add_parser(
+        "webhook-secret", parents=[common], help="print (or rotate) a workflow's webhook secret"
+    )
+    secret.add_argument("name", help="workflow name or id (its trigger has webhook: true)")
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new secret")
+    secret.set_defaults(handler=workflow_webhook_secret)
     test = wf.add_parser(
         "test", parents=[common], help="dry-run a definition file without registering it"
     )

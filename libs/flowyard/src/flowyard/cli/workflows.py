@@ -193,8 +193,9 @@ def render_workflow_json(workflow: workflow_pb2.Workflow) -> str:
     return json.dumps(definition_document(workflow.definition), indent=2, ensure_ascii=False)
 
 
-def render_workflows(workflows: Sequence[workflow_pb2.Workflow]) -> str:
-    """One row per workflow: name, version, state, type, number of nodes."""
+def render_workflows(workflows: Sequence[workflow_pb2.Workflow], tz: tzinfo | None = None) -> str:
+    """One row per workflow: name, version, state, type, what starts it, the next
+    schedule tick and the last run (status and creation time)."""
     if not workflows:
         return "no workflows yet; register one with: flowyard workflow apply -f FILE"
     rows = [
@@ -203,8 +204,18 @@ def render_workflows(workflows: Sequence[workflow_pb2.Workflow]) -> str:
             str(w.version),
             workflow_state_label(w.state),
             w.definition.type or "-",
-            str(len(w.definition.nodes)),
+            ", ".join(w.triggers) or "-",
+            format_time(w, "next_fire_at", tz),
+            _last_run(w, tz),
         ]
         for w in sorted(workflows, key=lambda w: (w.definition.name, w.version))
     ]
-    return render_table(["NAME", "VERSION", "STATE", "TYPE", "NODES"], rows)
+    headers = ["NAME", "VERSION", "STATE", "TYPE", "TRIGGERS", "NEXT FIRE", "LAST RUN"]
+    return render_table(headers, rows)
+
+
+def _last_run(workflow: workflow_pb2.Workflow, tz: tzinfo | None) -> str:
+    if not workflow.HasField("last_run"):
+        return "-"
+    last = workflow.last_run
+    return f"{last.status} {format_time(last, 'created_at', tz)} {last.run_id}"
