@@ -357,6 +357,33 @@ def command_from_proto(message: events_pb2.RunCommand) -> Command:
     )
 
 
+def command_to_proto(command: Command) -> events_pb2.RunCommand:
+    """The message :func:`command_from_proto` reads back (what the gateway publishes)."""
+    message = events_pb2.RunCommand(
+        command_id=command.command_id, actor=command.actor, comment=command.comment
+    )
+    action = command.action
+    if action == "stop":
+        message.stop.cleanup = command.cleanup
+    elif action == "retry_task":
+        message.retry_task.node_id = command.node_id
+        if command.config_override:
+            message.retry_task.config_override.CopyFrom(json_to_struct(command.config_override))
+    elif action == "restart":
+        message.restart.workflow_version = command.workflow_version
+    elif action == "rerun_from":
+        message.rerun_from.node_id = command.node_id
+    elif action == "skip_task":
+        message.skip_task.node_id = command.node_id
+        if command.output is not None:
+            message.skip_task.output.CopyFrom(json_to_value(command.output))
+    elif action == "resume":
+        message.resume.SetInParent()
+    else:
+        raise ValueError(f"unknown run command {action!r}")
+    return message
+
+
 # --- Kafka envelopes -------------------------------------------------------------------
 
 
