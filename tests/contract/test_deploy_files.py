@@ -34,6 +34,7 @@ DASHBOARD = GRAFANA / "dashboards" / "flowyard.json"
 SERVICES = ("api-gateway", "scheduler", "executor", "alerter")
 METRICS_PORTS = config.DEFAULT_METRICS_PORTS
 GRPC_PORT = 50051
+WEBHOOK_PORT = 8080
 # Series Prometheus itself adds to every scrape.
 SYNTHETIC_SERIES = frozenset({"up"})
 
@@ -488,7 +489,7 @@ def test_k8s_services_select_pods_and_expose_grpc_and_metrics() -> None:
         selector = service["spec"]["selector"]
         assert any(selector.items() <= labels.items() for labels in pod_labels), service
     gateway_ports = {p["port"] for p in services["flowyard-api-gateway"]["spec"]["ports"]}
-    assert gateway_ports == {GRPC_PORT, METRICS_PORTS["api-gateway"]}
+    assert gateway_ports == {GRPC_PORT, WEBHOOK_PORT, METRICS_PORTS["api-gateway"]}
     for service in ("scheduler", "executor", "alerter"):
         headless = services[f"flowyard-{service}-metrics"]["spec"]
         assert headless["clusterIP"] == "None"
