@@ -15,6 +15,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # bubblewrap confines code nodes (namespaces, no network, read-only view); docs/threat-model.md
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+# kcat: the external producer of the README's events example and its test
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	echo "bootstrap: installing ${need_apt[*]}" >&2
 	if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -499,6 +500,38 @@ async def test_the_producer_library_starts_a_workflow(
 
     run = await eventually(started, within=30)
     assert run.trigger.detail == event_id and run.trigger.started_by == "billing"
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
+async def test_kcat_starts_a_workflow_as_the_readme_shows(
+    flowyard: RunningFlowyard, settings: Settings, store: MongoStore, eventually: Eventually
+) -> None:
+    applied = await apply(flowyard, workflow("orders", {"event": {"type": "order.created"}}))
+    line = (
+        b'{"specversion":"1.0","id":"order-17","source":"shop","type":"order.created",'
+        b'"data":{"order":17,"amount":250}}\n'
+    )
+    kcat = await asyncio.create_subprocess_exec(
+        "kcat", "-P", "-b", settings.kafka_bootstrap, "-t", settings.topics.events_ingest,
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, errors = await asyncio.wait_for(kcat.communicate(line), 30)
+    assert kcat.returncode == 0, errors
+
+    async def started() -> RunState:
+        runs = await runs_of(store, applied.workflow_id)
+        assert len(runs) == 1 and runs[0].status.finished
+        return runs[0]
+
+    run = await eventually(started, within=30)
+    assert run.status is RunStatus.SUCCEEDED and run.trigger.detail == "order-17"
+    assert run.tasks["work"].output == {
+        "specversion": "1.0",
+        "id": "order-17",
+        "source": "shop",
+        "type": "order.created",
+        "data": {"order": 17, "amount": 250},
+    }
 
 
 # --- run after -------------------------------------------------------------------------
