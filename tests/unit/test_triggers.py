@@ -118,7 +118,7 @@ def test_six_fields_put_seconds_first() -> None:
         (
             {"event": {"filter": "True"}},
             "node 'start': config.event.type is required (the event type to match)",
-        ),  # fmt: skip
+        ),
         ({"after": {}}, "node 'start': config.after needs a workflow name: {workflow: NAME}"),
         ({"webhook": "yes"}, "node 'start': config.webhook must be true or false"),
         (
