@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format
 
-from flowyard.cli import render, rpc, tokens, workflows
+from flowyard.cli import control, render, rpc, tokens, workflows
 from flowyard.cli.config import ConfigError, load_config
 from flowyard.codec import json_to_value
 from flowyard.v1 import gateway_pb2, run_pb2, workflow_pb2
@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("node_id", metavar="NODE_ID", help="the approval node's id")
         decide.add_argument("--comment", help="why (a rejection's reason fails the run)")
         decide.set_defaults(handler=handler)
+    control.add_parsers(rn, common, _watch)
 
     tokens.add_parsers(groups, common)
     return parser

@@ -270,6 +270,8 @@ def _header(run: run_pb2.Run, tz: tzinfo | None, now: datetime | None) -> list[s
         fields.append(("Idempotency key", run.trigger.idempotency_key))
     if run.parent_run_id:
         fields.append(("Started by run", f"{run.parent_run_id} (node {run.parent_node_id})"))
+    if run.replay_of:
+        fields.append(("Replay of", run.replay_of))
     fields += [
         ("Created", format_time(run, "created_at", tz)),
         ("Started", format_time(run, "started_at", tz)),
@@ -279,6 +281,22 @@ def _header(run: run_pb2.Run, tz: tzinfo | None, now: datetime | None) -> list[s
     width = max(len(label) for label, _ in fields) + 2
     lines = [f"{label + ':':<{width}}{value}" for label, value in fields]
     lines += [f"{'Warning:':<{width}}{warning}" for warning in run.warnings]
+    return lines
+
+
+def render_audit(run: run_pb2.Run, tz: tzinfo | None = None) -> list[str]:
+    """``Audit:`` and a line per operator action: when, who, what (on which task), why."""
+    if not run.audit:
+        return []
+    lines = ["Audit:"]
+    for entry in run.audit:
+        what = entry.action + (f" {entry.node_id}" if entry.node_id else "")
+        line = f"  {format_time(entry, 'at', tz)}  {entry.actor or '-'}  {what}"
+        if entry.detail:
+            line += f" ({entry.detail})"
+        if entry.comment:
+            line += f": {json.dumps(entry.comment, ensure_ascii=False)}"
+        lines.append(line)
     return lines
 
 
@@ -342,6 +360,9 @@ def render_run(
 ) -> str:
     """The run as a readable report: header, task table, then each task's data and errors."""
     lines = _header(run, tz, now)
+    audit = render_audit(run, tz)
+    if audit:
+        lines += ["", *audit]
     if not run.tasks:
         lines += ["", "(no tasks)"]
     else:

@@ -56,6 +56,7 @@ class Gateway:
     workflows: gateway_pb2_grpc.WorkflowServiceStub
     runs: gateway_pb2_grpc.RunServiceStub
     tokens: auth_pb2_grpc.TokenServiceStub
+    control: gateway_pb2_grpc.RunControlServiceStub
 
 
 @contextmanager
@@ -68,6 +69,7 @@ def connect(address: str, metadata: Metadata) -> Iterator[Gateway]:
             workflows=gateway_pb2_grpc.WorkflowServiceStub(channel),
             runs=gateway_pb2_grpc.RunServiceStub(channel),
             tokens=auth_pb2_grpc.TokenServiceStub(channel),
+            control=gateway_pb2_grpc.RunControlServiceStub(channel),
         )
 
 
