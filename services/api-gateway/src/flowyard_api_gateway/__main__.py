@@ -162,16 +162,15 @@ def _issue_token_command(args: argparse.Namespace) -> int:
         print(f"error: --name: {problem}", file=sys.stderr)
         return 2
     settings = load_settings(SERVICE)
+    role = Role.from_label(args.role)
     try:
-        token = asyncio.run(
-            issue_token(settings, args.name, Role.from_label(args.role), "issue-token command")
-        )
+        token = asyncio.run(issue_token(settings, args.name, role, "issue-token command"))
     except InfrastructureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(token)
     print(
-        f"issued a {args.role} token for {args.name} (database {settings.mongo_db}); "
+        f"issued {role.with_article} token for {args.name} (database {settings.mongo_db}); "
         "it is shown only this once",
         file=sys.stderr,
     )

@@ -60,7 +60,8 @@ def token_issue(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
     print(response.token, flush=True)  # stdout: the token alone, for scripts
     info = response.info
     print(
-        f"issued a {role_label(info.role)} token for {info.name} (id {info.token_id}); "
+        f"issued {'an' if info.role != auth_pb2.ROLE_VIEWER else 'a'} {role_label(info.role)} "
+        f"token for {info.name} (id {info.token_id}); "
         "it is shown only this once",
         file=sys.stderr,
     )

@@ -26,6 +26,11 @@ class Role(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @property
+    def with_article(self) -> str:
+        """The label with its article: a viewer, an operator, an admin."""
+        return f"{'a' if self is Role.VIEWER else 'an'} {self.label}"
+
     @classmethod
     def from_label(cls, label: str) -> Role:
         try:
