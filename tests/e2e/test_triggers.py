@@ -638,3 +638,33 @@ async def test_a_paused_workflow_ignores_every_trigger(
     await set_state(flowyard, "quiet", PAUSED)
     with contextlib.suppress(Exception):
         await asyncio.sleep(0)
+
+
+async def test_a_draft_fires_nothing_and_manual_false_refuses_start_run(
+    flowyard: RunningFlowyard,
+    settings: Settings,
+    store: MongoStore,
+    kafka: AIOKafkaProducer,
+    eventually: Eventually,
+) -> None:
+    original = await apply(
+        flowyard, workflow("orders", {"manual": False, "event": {"type": "order.created"}})
+    )
+    draft = await flowyard.workflows.CloneWorkflow(
+        gateway_pb2.CloneWorkflowRequest(source="orders", new_name="orders-v2")
+    )
+    assert draft.state == workflow_pb2.WORKFLOW_STATE_DRAFT
+
+    await kafka.send_and_wait(settings.topics.events_ingest, b'{"id":"d-1","type":"order.created"}')
+
+    async def original_started() -> None:
+        assert len(await runs_of(store, original.workflow_id)) == 1
+        assert not_started(flowyard, "scheduler", "orders-v2", "draft") == 1
+
+    await eventually(original_started, within=30)
+    assert await runs_of(store, draft.workflow_id) == []
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await flowyard.runs.StartRun(gateway_pb2.StartRunRequest(workflow="orders"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not start manually" in (refused.value.details() or "")

@@ -46,6 +46,7 @@ from flowyard_api_gateway.workflow_triggers import (
     WebhookSecretMethods,
     describe_workflow,
     describe_workflows,
+    manual_starts,
 )
 
 # A watcher re-reads its run at least this often, so a missed wake-up is never fatal.
@@ -232,6 +233,11 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
         workflow = await self._store.latest_workflow(request.workflow)
         if workflow.state is not WorkflowState.ACTIVE:
             raise _state_error(workflow.state, workflow.name)
+        if not manual_starts(workflow):
+            raise WorkflowStateError(
+                f"workflow {workflow.name!r} does not start manually (its trigger has "
+                "manual: false); it starts on its schedule, webhook, events or upstream runs"
+            )
         trigger = TriggerInfo(
             kind=TriggerKind.API,
             data=codec.value_to_json(request.input) if request.HasField("input") else {},

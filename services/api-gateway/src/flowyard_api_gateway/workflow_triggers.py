@@ -101,3 +101,9 @@ async def describe_workflows(
 ) -> list[workflow_pb2.Workflow]:
     now = datetime.now(UTC)
     return list(await asyncio.gather(*(describe_workflow(store, w, now) for w in workflows)))
+
+
+def manual_starts(workflow: StoredWorkflow) -> bool:
+    """False when the trigger says ``manual: false``: no gRPC/CLI starts, only the
+    workflow's schedule, webhook, events or upstream runs (a dry run still works)."""
+    return parse_trigger(workflow.definition.trigger.config).manual
