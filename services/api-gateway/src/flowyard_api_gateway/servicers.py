@@ -31,6 +31,7 @@ from flowyard.errors import (
     WorkflowNotFoundError,
     WorkflowStateError,
 )
+from flowyard.history.detail import trim_run_view
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc, run_pb2, workflow_pb2
 
@@ -271,7 +272,10 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
     async def GetRun(self, request: gateway_pb2.GetRunRequest, context: Context) -> run_pb2.Run:
         if not request.run_id:
             raise InvalidRequestError("run_id", "is required")
-        return await self._run_view(request.run_id)
+        view = await self._run_view(request.run_id)
+        return trim_run_view(
+            view, hide_skipped=request.hide_skipped, hide_warnings=request.hide_warnings
+        )
 
     async def _run_view(self, run_id: str) -> run_pb2.Run:
         run = await self._store.find_run(run_id)

@@ -76,7 +76,8 @@ class Actions:
             return NodeOutcome(error=TaskError("node.invalid", "code node without config.source"))
         result = await self._sandbox.run(source, inputs, timeout_seconds=timeout_seconds)
         if result.ok:
-            return NodeOutcome(output=result.output)
+            return NodeOutcome(output=result.output, logs=result.logs)
         return NodeOutcome(
-            error=TaskError(result.error_code, result.error_message, result.stack_trace)
+            error=TaskError(result.error_code, result.error_message, result.stack_trace),
+            logs=result.logs,
         )

@@ -31,6 +31,7 @@ from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2
 
 from flowyard_executor.actions import Actions
+from flowyard_executor.log_sink import LogSink
 from flowyard_executor.nodes import NodeOutcome
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Executor:
         self._metrics = metrics
         self._clock = clock
         self.executor_id = executor_id or new_executor_id()
+        self._log_sink = LogSink(store, publisher, settings.topics)
         self._running: dict[tuple[str, str, int], asyncio.Task[NodeOutcome]] = {}
         # Cancellations seen, so a dispatch that arrives after its cancel never starts.
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
@@ -150,6 +152,7 @@ class Executor:
             finished_at=self._clock(),
         )
         await self._store.save_attempt(finished)
+        await self._log_sink.store(envelope, finished, outcome.logs)
         await self._report(envelope, finished)
         if finished.started_at and finished.finished_at:
             self._metrics.task_duration.labels(node_type=dispatch.node_type).observe(

@@ -20,7 +20,9 @@ from google.protobuf import json_format
 
 from flowyard.cli import control, render, rpc, tokens, workflows
 from flowyard.cli.config import ConfigError, load_config
+from flowyard.cli.history import add_history_commands
 from flowyard.codec import json_to_value
+from flowyard.history.detail import trim_run_view
 from flowyard.v1 import gateway_pb2, run_pb2, workflow_pb2
 
 EXIT_OK = 0
@@ -256,10 +258,15 @@ def run_get(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
         final = _watch(gateway, args.run_id, json_lines=args.output == "json")
         if args.output != "json":
             _out("")
-            _out(render.render_run(final))
+            trimmed = trim_run_view(
+                final, hide_skipped=args.hide_skipped, hide_warnings=args.hide_warnings
+            )
+            _out(render.render_run(trimmed))
         return render.watch_exit_code(final)
     run = gateway.runs.GetRun(
-        gateway_pb2.GetRunRequest(run_id=args.run_id),
+        gateway_pb2.GetRunRequest(
+            run_id=args.run_id, hide_skipped=args.hide_skipped, hide_warnings=args.hide_warnings
+        ),
         metadata=gateway.metadata,
         timeout=rpc.CALL_TIMEOUT_SECONDS,
     )
@@ -384,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", metavar="RUN_ID")
     show.add_argument("-o", "--output", choices=["table", "json"], default="table")
     show.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    show.add_argument("--hide-skipped", action="store_true", help="leave out skipped tasks")
+    show.add_argument("--hide-warnings", action="store_true", help="leave out warnings")
     show.set_defaults(handler=run_get)
     for verb, handler in (("approve", run_approve), ("reject", run_reject)):
         decide = rn.add_parser(
@@ -396,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_parsers(rn, common, _watch)
 
     tokens.add_parsers(groups, common)
+    add_history_commands(groups, rn, common)
     return parser
 
 

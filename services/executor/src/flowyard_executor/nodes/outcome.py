@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from flowyard.domain.json import JsonValue
 from flowyard.domain.run import TaskError
 
+from flowyard_executor.sandbox import LogLine
+
 INVALID_CONFIG = "node.invalid"
 
 
@@ -23,6 +25,8 @@ class NodeOutcome:
     output: JsonValue = None
     error: TaskError | None = None
     warnings: tuple[str, ...] = ()
+    # What a code node printed (time, stream, text), stored per attempt by the executor.
+    logs: tuple[LogLine, ...] = ()
 
     @property
     def ok(self) -> bool:
