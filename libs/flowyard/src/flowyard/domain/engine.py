@@ -220,7 +220,7 @@ def timer_fired(
     task = run.tasks.get(node_id)
     if task is None or task.attempt != attempt or run.status.finished:
         return Decision(run)
-    node = definition.node(node_id)
+    node = effective_node(run, definition.node(node_id))
     effects: list[Effect] = []
     if kind is TimerKind.RETRY and task.retry_scheduled:
         run = _with_task(run, replace(task, due_at=None))
@@ -330,7 +330,7 @@ def resend_effects(
         return (_notify_parent(run, definition, run.parent),)
     effects: list[Effect] = []
     for task in run.tasks.values():
-        node = definition.node(task.node_id)
+        node = effective_node(run, definition.node(task.node_id))
         n = task.attempt
         if task.dispatched:
             effects.append(DispatchTask(node, n, task_input(run, definition, node)))
@@ -395,7 +395,7 @@ def _fail_attempt(
     output: JsonValue = None,
 ) -> RunState:
     """A failed attempt: retry under the node's policy, or fail the task."""
-    node = definition.node(task.node_id)
+    node = effective_node(run, definition.node(task.node_id))
     used = task.attempt - task.base_attempt - task.lost_attempts
     if run.status is RunStatus.STOPPING and error.code == CANCELLED_CODE:
         cancelled = replace(
@@ -428,7 +428,7 @@ def _lose_attempt(
     effects: list[Effect],
 ) -> RunState:
     """The executor running ``task`` stopped sending heartbeats: run it elsewhere."""
-    node = definition.node(task.node_id)
+    node = effective_node(run, definition.node(task.node_id))
     who = task.executor_id or "unknown"
     effects.append(CancelTimers(node.id))
     if task.lost_attempts + 1 >= MAX_LOST_ATTEMPTS:
