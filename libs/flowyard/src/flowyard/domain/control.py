@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from flowyard.domain import engine
-from flowyard.domain.definition import WorkflowDefinition
+from flowyard.domain.definition import NodeType, WorkflowDefinition
 from flowyard.domain.effects import (
     CancelTask,
     CancelTimers,
@@ -63,6 +63,12 @@ def command_problem(run: RunState, definition: WorkflowDefinition, command: Comm
         if status.finished or status is RunStatus.STOPPING:
             return f"run {run.run_id} is {status}; only queued, running or waiting runs stop"
         return None
+    if status.finished and run.started_at is None:
+        # Refused (or stopped) while queued: its trigger never ran, so nothing can go on.
+        why = f" ({run.error.code})" if run.error else ""
+        return (
+            f"run {run.run_id} is {status} and never started{why}; replay it to run it as a new run"
+        )
     if action in ("restart", "resume"):
         if status is not RunStatus.FAILED:
             return f"run {run.run_id} is {status}; only a failed run can {action}"
@@ -77,11 +83,17 @@ def command_problem(run: RunState, definition: WorkflowDefinition, command: Comm
             return f"run {run.run_id} is {status}; rerun from a task once the run has finished"
         if definition.node(task.node_id).cleanup:
             return f"{task.node_id!r} is a cleanup node"
+        if definition.node(task.node_id).type is NodeType.TRIGGER:
+            return (
+                f"{task.node_id!r} is the trigger; rerun from a node after it, "
+                "or replay the run for a new run with the same data"
+            )
         return None
     if status in (RunStatus.STOPPING, RunStatus.STOPPED, RunStatus.QUEUED):
         return f"run {run.run_id} is {status}"
     if task.status is not TaskStatus.FAILED:
-        return f"task {task.node_id!r} is {task.status}; only a failed task can be {action}ped"
+        done = "retried" if action == "retry_task" else "skipped"
+        return f"task {task.node_id!r} is {task.status}; only a failed task can be {done}"
     if action == "skip_task" and not definition.node(task.node_id).skippable:
         return f"task {task.node_id!r} may not be skipped (its node sets skippable: false)"
     return None
