@@ -431,6 +431,14 @@ def _lose_attempt(
     node = effective_node(run, definition.node(task.node_id))
     who = task.executor_id or "unknown"
     effects.append(CancelTimers(node.id))
+    if run.status is RunStatus.STOPPING and node.cancellable:
+        # Being stopped: the lost attempt is not run again, it counts as cancelled.
+        error = TaskError("executor.lost", f"executor {who} stopped responding while stopping")
+        cancelled = replace(
+            transition_task(task, TaskStatus.CANCELLED, now), error=error, due_at=None
+        )
+        effects.append(TaskStatusChanged(node.id, TaskStatus.CANCELLED, task.attempt))
+        return _with_task(run, cancelled)
     if task.lost_attempts + 1 >= MAX_LOST_ATTEMPTS:
         error = TaskError(
             "executor.lost",
