@@ -130,6 +130,8 @@ class Executor:
             )
         )
         self._running[key] = action
+        if key in self._cancelled:
+            action.cancel()  # the cancellation came while the attempt was being claimed
         try:
             outcome = await asyncio.shield(action)
         except asyncio.CancelledError:
