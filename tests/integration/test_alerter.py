@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from uuid import uuid4
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from flowyard import codec
-from flowyard.adapters.kafka import ensure_topics
-from flowyard.config import Settings, Topics
+from flowyard.config import Settings
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2, run_pb2
 from flowyard_alerter.app import Alerter
@@ -30,16 +26,8 @@ GARBAGE = b"\xffnot an envelope\x00"
 
 
 @pytest.fixture
-async def alerter_settings() -> Settings:
-    """A fresh topic prefix (and so a fresh consumer group) per test."""
-    settings = replace(
-        Settings(),
-        kafka_bootstrap=os.environ.get("FLOWYARD_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        topics=Topics(prefix=f"t{uuid4().hex[:10]}"),
-        topic_partitions=2,
-        metrics_port=0,
-    )
-    await ensure_topics(settings)
+async def alerter_settings(settings: Settings) -> Settings:
+    """A fresh topic prefix (and so a fresh consumer group) and database per test."""
     return settings
 
 

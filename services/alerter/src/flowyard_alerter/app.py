@@ -1,40 +1,59 @@
-"""The alerter's Kafka side: a faust app that reads ``flowyard.run-events``.
+"""The alerter's Kafka side: a faust app that reads ``flowyard.run-events`` and delivers
+alerts (FEATURES A1-A8).
 
 :class:`Alerter` owns one ``faust.App`` and runs it inside the caller's event loop with
 an explicit async lifecycle (``async with Alerter(settings, metrics) as alerter: ...``);
 faust's Worker and CLI are not used, so signals, logging and /metrics stay with
 :func:`flowyard.service.run_service`.
 
+The flow of one alert::
+
+    run-events (keyed by run) --run-events agent--> AlertPlanner
+        decides kind + recipients, stores each alert under its dedup key (MongoDB)
+        --> <group>-deliveries (faust topic, keyed by destination: "email:a@b", "slack:#ops")
+        --deliveries agent--> Deliverer: rate limit (faust table) -> claim -> send -> record
+    timer (FLOWYARD_ALERT_POLL_SECONDS) --> Poller: retries and lost hand-overs that are
+        due, runtime watches whose threshold passed
+
+Why this split: exactly-once per (run, kind, recipient) needs a unique key that survives
+restarts and is shared by every instance, which the alert's MongoDB ``_id`` is; retries
+need durable due times, which the same document carries. The per-destination rate limit
+is state only the deliveries agent touches, and the deliveries topic is keyed by
+destination, so each destination's token bucket lives in one partition of a faust table
+(``alert-rate``, backed by its changelog topic) owned by exactly one instance at a time.
+
 How faust is configured, and why:
 
 * app id = the consumer group (``<prefix>.alerter``); brokers from ``kafka_bootstrap``.
 * Flowyard's topics are declared ``internal=False`` with raw key/value serializers: faust
   only creates or reconfigures topics it owns (``internal=True``), so it never touches
-  ours (``ensure_topics`` creates them). Topics faust owns later (table changelogs) get
-  ``topic_partitions`` partitions and replication factor 1.
-* ``topic_disable_leader=True``: nothing uses ``on_leader=True`` timers yet, so faust does
-  not create its ``<id>-__assignor-__leader`` topic. Turn it back on when a leader-only
-  timer is added.
-* ``store="memory://"`` for now; faust's data directory (it creates one on first start,
-  by default in the working directory) is a temporary directory removed on exit.
+  ours (``ensure_topics`` creates them). The topics faust owns (``<group>-deliveries`` and
+  the table's changelog) get ``topic_partitions`` partitions and replication factor 1.
+* ``topic_disable_leader=True``: nothing uses ``on_leader=True`` timers (every instance
+  polls; moving a due time in MongoDB is the claim), so faust does not create its
+  ``<id>-__assignor-__leader`` topic.
+* ``store="memory://"``: the table is rebuilt from its changelog at start; faust's data
+  directory is a temporary directory removed on exit.
 * no web server, no autodiscovery (no module scanning at start).
 
-Delivery: faust commits offsets of acknowledged messages every ``broker_commit_every``
-messages / ``broker_commit_interval`` seconds and once more on stop, after flushing its
-producer, so a dead letter is on the broker before the offset of its message is committed.
-faust acknowledges a message once the agent has moved past it, even when the agent body
-raised on it (faust then restarts the agent), so the handler turns every failure into a
-dead letter carrying the reason; only a failed dead-letter publish still escapes. On stop,
-faust stops fetching and waits for the message in flight before its last commit.
+Delivery of run-events: faust commits offsets of acknowledged messages every
+``broker_commit_every`` messages / ``broker_commit_interval`` seconds and once more on
+stop, after flushing its producer. An event is handled (its alerts stored) before faust
+acknowledges it; a crash before the commit re-delivers it and the dedup key drops the
+repeats. faust acknowledges a message once the agent has moved past it, even when the
+agent body raised on it, so the handler turns every failure into a dead letter carrying
+the reason (after a few retries when MongoDB is unreachable).
 
 ``RunEventHandler`` holds the per-message logic without faust, so it can be driven
-directly; :meth:`RunEventHandler.run_finished` is where alert delivery hooks in.
+directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import json
 import logging
 import shutil
 import tempfile
@@ -43,18 +62,26 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import httpx
 from aiokafka.errors import KafkaError as AioKafkaError
 
 # faust imports its modules lazily on first attribute access (~0.5 s for App and aiohttp);
 # importing App here keeps that off the event loop.
 from faust import App
+from flowyard.adapters.alert_store import AlertStore
 from flowyard.adapters.kafka import Record
+from flowyard.adapters.mongo import MongoStore
+from flowyard.alert_codec import attempt_to_proto
 from flowyard.codec import RUN_STATUS_FROM_PROTO, decode_envelope
 from flowyard.config import Settings
+from flowyard.domain.alerts import Alert, AttemptRecord, TokenBucket
 from flowyard.domain.run import RunStatus
 from flowyard.errors import DecodeError, InfrastructureError
 from flowyard.metrics import ServiceMetrics
 from flowyard.v1 import events_pb2
+
+from flowyard_alerter.delivery import Deliverer, Poller, Senders
+from flowyard_alerter.planner import AlertPlanner
 
 # faust also loads its transport, assignor and table modules lazily, during App.start;
 # loading them with this module keeps those imports off the event loop as well.
@@ -68,10 +95,14 @@ for _module in (
 
 SERVICE = "alerter"
 LAG_INTERVAL_SECONDS = 5.0
+# A run event whose handling hit an unreachable MongoDB is tried this often (with 1, 2,
+# 4 ... s between) before it is dead-lettered.
+INFRASTRUCTURE_TRIES = 5
 
 log = logging.getLogger(__name__)
 
 DeadLetterSink = Callable[[Record, str], Awaitable[None]]
+EnvelopeSink = Callable[[events_pb2.Envelope], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -133,13 +164,26 @@ def finished_run_from(envelope: events_pb2.Envelope) -> FinishedRun | None:
     )
 
 
+async def _ignore(envelope: events_pb2.Envelope) -> None:
+    return None
+
+
 class RunEventHandler:
     """Handles one run-events message; never raises for a bad message (it is
-    dead-lettered through ``dead_letter`` instead)."""
+    dead-lettered through ``dead_letter`` instead). ``plan`` turns the event into alerts."""
 
-    def __init__(self, metrics: ServiceMetrics, dead_letter: DeadLetterSink) -> None:
+    def __init__(
+        self,
+        metrics: ServiceMetrics,
+        dead_letter: DeadLetterSink,
+        plan: EnvelopeSink = _ignore,
+        *,
+        retry_base_seconds: float = 1.0,
+    ) -> None:
         self._metrics = metrics
         self._dead_letter = dead_letter
+        self._plan = plan
+        self._retry_base = retry_base_seconds
 
     async def handle(self, record: Record) -> None:
         self._metrics.messages_consumed.labels(topic=record.topic).inc()
@@ -149,6 +193,7 @@ class RunEventHandler:
                 run = finished_run_from(envelope)
                 if run is not None:
                     await self.run_finished(run)
+            await self._plan_with_retries(envelope)
         except DecodeError as exc:
             await self._dead_letter(record, str(exc))
         except Exception as exc:
@@ -159,8 +204,20 @@ class RunEventHandler:
             )
             await self._dead_letter(record, f"alerter failed: {type(exc).__name__}: {exc}")
 
+    async def _plan_with_retries(self, envelope: events_pb2.Envelope) -> None:
+        for attempt in range(1, INFRASTRUCTURE_TRIES + 1):
+            try:
+                await self._plan(envelope)
+                return
+            except InfrastructureError as exc:
+                if attempt == INFRASTRUCTURE_TRIES:
+                    raise
+                wait = self._retry_base * 2 ** (attempt - 1)
+                log.warning("alerter: %s; trying again in %g s", exc, wait)
+                await asyncio.sleep(wait)
+
     async def run_finished(self, run: FinishedRun) -> None:
-        """One finished run: counted, and logged as the hand-over to alert delivery."""
+        """One finished run: counted, and logged."""
         self._metrics.runs_finished.labels(workflow=run.workflow_label, status=run.status).inc()
         if run.status is RunStatus.FAILED:
             log.warning(
@@ -182,8 +239,60 @@ class RunEventHandler:
             )
 
 
+class TableRateLimiter:
+    """A token bucket per destination in a faust table; called only from the deliveries
+    agent, whose partitions (by destination) are the table's."""
+
+    def __init__(self, table: Any, rate_per_minute: float, burst: int) -> None:
+        self._table = table
+        self._rate = rate_per_minute
+        self._burst = burst
+
+    def take(self, destination: str, now: float) -> float:
+        stored = self._table.get(destination)
+        if isinstance(stored, list) and len(stored) == 2:
+            tokens, updated = float(stored[0]), float(stored[1])
+        else:
+            tokens, updated = float(self._burst), now
+        bucket = TokenBucket(tokens, updated, self._rate, self._burst)
+        wait = bucket.take(now)
+        self._table[destination] = [bucket.tokens, bucket.updated]
+        return wait
+
+
+def delivery_message(alert: Alert) -> tuple[bytes, bytes]:
+    """Key (the destination) and value of the hand-over of ``alert`` to delivery."""
+    value = json.dumps({"id": alert.alert_id, "attempts": alert.attempts}).encode()
+    return alert.recipient.destination.encode(), value
+
+
+def parse_delivery_message(value: bytes | None) -> tuple[str, int]:
+    try:
+        decoded = json.loads(value or b"")
+        return str(decoded["id"]), int(decoded["attempts"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(f"not an alert hand-over: {exc}") from exc
+
+
+def alert_dead_letter_value(alert: Alert) -> bytes:
+    return json.dumps(
+        {
+            "alert_id": alert.alert_id,
+            "kind": alert.kind.value,
+            "run_id": alert.run_id,
+            "workflow": alert.workflow_name,
+            "channel": alert.recipient.channel.value,
+            "recipient": alert.recipient.address,
+            "subject": alert.subject,
+            "body": alert.body,
+            "attempts": alert.attempts,
+        }
+    ).encode()
+
+
 class Alerter:
-    """The alerter's faust app, started and stopped inside the running event loop."""
+    """The alerter's faust app and its stores, started and stopped inside the running
+    event loop."""
 
     def __init__(
         self,
@@ -195,13 +304,22 @@ class Alerter:
         self.settings = settings
         self.metrics = metrics
         self.group = settings.topics.group(SERVICE)
-        self.handler = RunEventHandler(metrics, self.dead_letter)
+        self.deliveries_topic_name = f"{self.group}-deliveries"
+        self.handler = RunEventHandler(metrics, self.dead_letter, self._plan)
         self._lag_interval = lag_interval
         self._lag_labels: set[tuple[str, str]] = set()
         self._datadir: str | None = None
         self._app: Any = None
         self._dead_letter_topic: Any = None
+        self._deliveries_topic: Any = None
+        self._alerts_topic: Any = None
         self._stopped: asyncio.Task[Any] | None = None
+        self._resources = contextlib.AsyncExitStack()
+        self._planner: AlertPlanner | None = None
+        self._deliverer: Deliverer | None = None
+        self._poller: Poller | None = None
+        self._store: AlertStore | None = None
+        self._senders: Senders | None = None
 
     @property
     def app(self) -> Any:
@@ -212,6 +330,7 @@ class Alerter:
     async def __aenter__(self) -> Alerter:
         self._datadir = tempfile.mkdtemp(prefix="flowyard-alerter-")
         try:
+            await self._open_resources()
             self._app = self._build_app(asyncio.get_running_loop())
             # Returns once the consumer has joined the group and got its partitions.
             await self._app.start()
@@ -233,6 +352,19 @@ class Alerter:
         tb: TracebackType | None,
     ) -> None:
         await self._close()
+
+    async def _open_resources(self) -> None:
+        settings = self.settings
+        stack = self._resources
+        alerts = await stack.enter_async_context(
+            AlertStore.connect(settings.mongo_url, settings.mongo_db)
+        )
+        runs = await stack.enter_async_context(MongoStore(settings.mongo_url, settings.mongo_db))
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        self._store = alerts
+        self._planner = AlertPlanner(alerts, runs, settings.alerts, self.enqueue)
+        self._senders = Senders(settings.smtp, settings.slack, http)
+        self._poller = Poller(alerts, settings.alerts, self.enqueue, self._planner.runtime_due)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Return when ``stop`` is set; raise InfrastructureError if faust stops first."""
@@ -259,9 +391,12 @@ class Alerter:
             self._app = None
             self._stopped = None
             self._dead_letter_topic = None
+            self._deliveries_topic = None
+            self._alerts_topic = None
             for topic, partition in self._lag_labels:
                 self.metrics.consumer_lag.remove(topic, partition, self.group)
             self._lag_labels.clear()
+            await self._resources.aclose()
             if self._datadir is not None:
                 shutil.rmtree(self._datadir, ignore_errors=True)
                 self._datadir = None
@@ -282,19 +417,36 @@ class Alerter:
             topic_partitions=settings.topic_partitions,
             topic_disable_leader=True,
         )
-        run_events = app.topic(
-            settings.topics.run_events,
-            internal=False,
+
+        def ours(name: str) -> Any:
+            return app.topic(name, internal=False, key_serializer="raw", value_serializer="raw")
+
+        run_events = ours(settings.topics.run_events)
+        self._dead_letter_topic = ours(settings.topics.dead_letter)
+        self._alerts_topic = ours(settings.topics.alerts)
+        deliveries = app.topic(
+            self.deliveries_topic_name,
+            internal=True,
+            partitions=settings.topic_partitions,
             key_serializer="raw",
             value_serializer="raw",
         )
-        self._dead_letter_topic = app.topic(
-            settings.topics.dead_letter,
-            internal=False,
-            key_serializer="raw",
-            value_serializer="raw",
+        self._deliveries_topic = deliveries
+        rate_table = app.Table("alert-rate", default=None, partitions=settings.topic_partitions)
+        assert self._store is not None and self._senders is not None
+        self._deliverer = Deliverer(
+            self._store,
+            self._senders,
+            settings.alerts,
+            self.metrics,
+            TableRateLimiter(
+                rate_table, settings.alerts.rate_per_minute, settings.alerts.rate_burst
+            ),
+            on_attempt=self._publish_attempt,
+            dead_letter=self._dead_letter_alert,
         )
         handler = self.handler
+        deliverer = self._deliverer
 
         async def run_events_agent(stream: Any) -> None:
             async for event in stream.events():
@@ -305,9 +457,68 @@ class Alerter:
                     )
                 )
 
+        async def deliveries_agent(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                record = Record(
+                    message.topic, message.partition, message.offset, message.key, message.value
+                )
+                try:
+                    alert_id, attempts = parse_delivery_message(message.value)
+                    await deliverer.deliver(alert_id, attempts)
+                except DecodeError as exc:
+                    await self.dead_letter(record, str(exc))
+                except Exception:
+                    # The alert stays pending with a due time: the poller brings it back.
+                    log.exception(
+                        "alerter: delivery of %r failed; the poller retries it", message.value
+                    )
+
         app.agent(run_events, name=f"{self.group}.run-events")(run_events_agent)
+        app.agent(deliveries, name=f"{self.group}.deliveries")(deliveries_agent)
         app.timer(self._lag_interval)(self._record_lag)
+        app.timer(settings.alerts.poll_seconds)(self._poll)
         return app
+
+    # --- hand-overs --------------------------------------------------------------------
+
+    async def _plan(self, envelope: events_pb2.Envelope) -> None:
+        assert self._planner is not None
+        await self._planner.on_envelope(envelope)
+
+    async def enqueue(self, alert: Alert) -> None:
+        """Hand ``alert`` to the deliveries agent owning its destination."""
+        key, value = delivery_message(alert)
+        # force=True: send now, not as an attachment released at commit time.
+        await self._deliveries_topic.send(key=key, value=value, force=True)
+
+    async def _poll(self) -> None:
+        assert self._poller is not None
+        try:
+            await self._poller.poll()
+        except Exception:
+            log.exception("alerter: polling for due alerts failed; trying again")
+
+    async def _publish_attempt(self, record: AttemptRecord) -> None:
+        value = attempt_to_proto(record).SerializeToString()
+        await self._alerts_topic.send(key=record.run_id.encode(), value=value, force=True)
+
+    async def _dead_letter_alert(self, alert: Alert, reason: str) -> None:
+        letter = events_pb2.DeadLetter(
+            source_topic=self.deliveries_topic_name,
+            partition=-1,
+            offset=-1,
+            key=alert.recipient.destination.encode(),
+            value=alert_dead_letter_value(alert),
+            reason=f"alert undeliverable: {reason}",
+            service=SERVICE,
+        )
+        letter.time.GetCurrentTime()
+        sent = await self._dead_letter_topic.send(
+            key=alert.run_id.encode(), value=letter.SerializeToString(), force=True
+        )
+        await sent
+        self.metrics.dead_letters.labels(topic=self.deliveries_topic_name).inc()
 
     async def dead_letter(self, record: Record, reason: str) -> None:
         """Publish ``record`` to the dead-letter topic and wait for the broker's ack."""

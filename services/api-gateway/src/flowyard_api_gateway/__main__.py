@@ -28,6 +28,7 @@ from flowyard.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flowyard_api_gateway.alert_servicer import add_alert_service, prepare_alerts
 from flowyard_api_gateway.auth import AuthInterceptor, TokenAuthenticator
 from flowyard_api_gateway.control import RunControlServicer
 from flowyard_api_gateway.history_servicer import add_history_service, prepare_history
@@ -73,6 +74,7 @@ class Gateway:
             )
             tokens = TokenStore(store.database)
             await tokens.ensure_indexes()
+            await prepare_alerts(store)
             await prepare_history(store)
             await prepare_history(store)
             publisher = await stack.enter_async_context(
@@ -139,6 +141,7 @@ def build_server(
     ] + [auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name]
     services.append(history_service)
     services.append(history_service)
+    services.append(add_alert_service(server, store, settings.slack))
     for name in [*services, ""]:
         asyncio.get_running_loop().create_task(
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
