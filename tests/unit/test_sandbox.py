@@ -1,4 +1,8 @@
-"""The code-action sandbox: real child processes, small limits, a few seconds per test."""
+"""The code-action sandbox: real child processes, small limits, a few seconds per test.
+
+These run with the default confinement (bubblewrap); test_sandbox_escapes.py tries to get
+out of it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -14,7 +19,13 @@ from pathlib import Path
 
 import pytest
 from flowyard.domain.json import JsonValue
-from flowyard_executor.sandbox import CodeResult, CodeSandbox, SandboxLimits
+from flowyard_executor.sandbox import (
+    WORKDIR,
+    CodeResult,
+    CodeSandbox,
+    SandboxLimits,
+    resolve_confinement,
+)
 
 LIMITS = SandboxLimits(
     cpu_seconds=5,
@@ -78,25 +89,58 @@ def live_children() -> set[int]:
     return found
 
 
-def exists(path: str | Path) -> bool:
-    return Path(path).exists()
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def complete_line(path: Path) -> str | None:
-    """The file's text once the code has written a whole line to it."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return text if text.endswith("\n") else None
+def my_child_above(pid: int) -> int:
+    """The child of this process that ``pid`` descends from."""
+    me = os.getpid()
+    while (parent := parent_of(pid)) != me:
+        assert parent > 1, f"process {pid} does not descend from this one"
+        pid = parent
+    return pid
 
 
-async def wait_for_line(path: Path, within: float = 5.0) -> str:
+def processes_with(token: str) -> set[int]:
+    """Pids of live (not zombie) processes whose command line contains ``token``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if token.encode() in cmdline and process_state(int(entry)) not in (None, "Z"):
+            found.add(int(entry))
+    return found
+
+
+def sleeper(token: str) -> str:
+    """Code lines that start a grandchild process whose command line carries ``token``, in
+    a session of its own (out of the reach of a kill of the child's process group)."""
+    return (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+        f"{token!r}], start_new_session=True)\n"
+    )
+
+
+async def wait_for_process(token: str, within: float = 5.0) -> set[int]:
     deadline = time.monotonic() + within
-    while (text := complete_line(path)) is None:
-        assert time.monotonic() < deadline, f"{path} never got a line"
+    while not (found := processes_with(token)):
+        assert time.monotonic() < deadline, f"no process with {token} appeared"
         await asyncio.sleep(0.02)
-    return text
+    return found
+
+
+async def wait_until_gone(pids: set[int], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while alive := {pid for pid in pids if process_state(pid) not in (None, "Z")}:
+        assert time.monotonic() < deadline, f"processes {alive} outlived their sandbox"
+        await asyncio.sleep(0.02)
 
 
 async def test_result_comes_from_upstream_outputs_and_the_other_inputs() -> None:
@@ -226,23 +270,15 @@ async def test_without_a_node_timeout_the_sandbox_wall_limit_applies() -> None:
     assert "0.5 s" in result.error_message
 
 
-async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    marker = tmp_path / "grandchild"
-    source = "\n".join(
-        [
-            "import subprocess",
-            'child = subprocess.Popen(["sleep", "60"])',
-            "with open(trigger, 'w') as f:",
-            "    f.write(f'{child.pid}\\n')",
-            "while True:",
-            "    pass",
-        ]
-    )
-    result = await run(source, node_inputs(trigger=str(marker)), node_timeout=1.0)
+async def test_a_timeout_kills_everything_the_code_started() -> None:
+    token = f"flowyard-test-{uuid.uuid4().hex}"
+    source = sleeper(token) + "while True:\n    pass"
+    async with sandbox() as box:
+        task = asyncio.create_task(box.run(source, node_inputs(), 1.5))
+        grandchildren = await wait_for_process(token)
+        result = await task
     assert result.error_code == "code.timeout"
-    grandchild = int(complete_line(marker) or 0)
-    # Killed: gone, or a zombie waiting for whatever reaps orphans here.
-    assert process_state(grandchild) in (None, "Z")
+    await wait_until_gone(grandchildren)
 
 
 async def test_cpu_time_over_the_limit_is_code_cpu() -> None:
@@ -288,44 +324,50 @@ async def test_an_oversized_result_is_rejected() -> None:
     assert fits.output == "x" * 900
 
 
-async def test_the_code_cannot_see_the_executors_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("FLOWYARD_SECRET_PROBE", "x")
-    result = await run(
-        "import os\n"
-        "result = {'probe': os.environ.get('FLOWYARD_SECRET_PROBE'), 'keys': sorted(os.environ)}"
-    )
-    assert result.ok, result
-    assert result.output == {
-        "probe": None,
-        "keys": ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE"],
-    }
-
-
-async def test_each_run_has_a_fresh_process_and_a_fresh_directory_removed_afterwards() -> None:
+async def test_each_run_has_a_fresh_process_and_a_fresh_working_directory() -> None:
     source = (
         "import os\n"
         "seen = hasattr(json, 'planted')\n"
         "json.planted = True\n"
+        "before = sorted(os.listdir('.'))\n"
         "open('scratch.txt', 'w').write('x')\n"
-        "result = [os.getpid(), os.getcwd(), os.environ['HOME'], seen]"
+        "result = [os.readlink('/proc/self/ns/pid'), os.getcwd(), os.environ['HOME'], seen,\n"
+        "          before, sorted(os.listdir('/tmp'))]"
     )
     async with sandbox(warm=2) as box:
         first = await box.run(source, node_inputs())
         second = await box.run(source, node_inputs())
-    assert first.ok
+    assert first.ok, first
     assert second.ok, second
     assert isinstance(first.output, list)
     assert isinstance(second.output, list)
-    assert first.output[0] != second.output[0]
-    assert first.output[1] != second.output[1]
-    assert first.output[1] == first.output[2]
-    assert first.output[3] is False
-    assert second.output[3] is False
+    assert first.output[0] != second.output[0]  # each in a pid namespace of its own
     for out in (first.output, second.output):
-        assert isinstance(out[1], str)
-        assert not exists(out[1])
+        assert out[1:] == [WORKDIR, WORKDIR, False, [], ["scratch.txt"]]
+
+
+async def test_without_confinement_each_run_gets_a_host_directory_removed_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FLOWYARD_CODE_SANDBOX=none: limits and a clean environment, but no isolation."""
+    monkeypatch.setenv("FLOWYARD_SECRET_PROBE", "x")
+    source = (
+        "import os\n"
+        "open('scratch.txt', 'w').write('x')\n"
+        "result = [os.getcwd(), os.environ['HOME'], os.environ.get('FLOWYARD_SECRET_PROBE')]"
+    )
+    none = resolve_confinement("none")
+    async with CodeSandbox(LIMITS, 1, none, workdir_root=str(tmp_path)) as box:
+        first = await box.run(source, node_inputs())
+        memory = await box.run("x = bytearray(2 * 1024**3)", node_inputs())
+    assert first.ok, first
+    assert isinstance(first.output, list)
+    workdir = first.output[0]
+    assert isinstance(workdir, str)
+    assert workdir.startswith(str(tmp_path))
+    assert first.output[1:] == [workdir, None]
+    assert memory.error_code == "code.memory"
+    assert not os.listdir(tmp_path)  # every working directory removed
 
 
 async def test_fake_protocol_lines_from_the_code_do_not_override_the_result() -> None:
@@ -365,24 +407,30 @@ async def test_a_child_that_dies_on_its_own_is_code_crashed() -> None:
     assert "Segmentation fault" in killed.error_message  # from the last stderr lines
 
 
+THREAD = "threading.Thread(target=time.sleep, args=(9,))"
+
+
 async def test_the_sandbox_keeps_working_after_hostile_code() -> None:
-    limits = replace(LIMITS, cpu_seconds=1, max_output_bytes=1000)
-    async with sandbox(limits, warm=2) as box:
-        outcomes = [
-            await box.run("while True:\n    pass", node_inputs(), 0.5),
-            await box.run("x = bytearray(2 * 1024**3)", node_inputs()),
-            await box.run("import os\nos._exit(1)", node_inputs()),
-            await box.run("result = 'y' * 5000", node_inputs()),
-            await box.run("raise KeyError('k')", node_inputs()),
-        ]
-        after = await box.run("result = upstream['a'] * 2", node_inputs({"a": 21}))
-    assert [outcome.error_code for outcome in outcomes] == [
-        "code.timeout",
-        "code.memory",
-        "code.crashed",
-        "code.output_too_large",
-        "code.exception",
+    limits = replace(LIMITS, cpu_seconds=1, max_output_bytes=1000, disk_bytes=2 * 1024**2)
+    hostile = [
+        ("while True:\n    pass", "code.timeout"),
+        ("x = bytearray(2 * 1024**3)", "code.memory"),
+        ("import os\nos._exit(1)", "code.crashed"),
+        ("result = 'y' * 5000", "code.output_too_large"),
+        ("raise KeyError('k')", "code.exception"),
+        ("import os\nwhile True:\n    os.fork()", "code.exception"),  # BlockingIOError
+        (f"import threading\nwhile True:\n    {THREAD}.start()", "code.exception"),
+        ("while True:\n    open(str(time.time_ns()), 'wb').write(bytes(2**20))", "code.exception"),
+        ("for i in range(10**5):\n    print('z' * 10**4)\nresult = 1", ""),  # a log flood
     ]
+    async with sandbox(limits, warm=2) as box:
+        outcomes = [await box.run(source, node_inputs(), 2.0) for source, _ in hostile]
+        after = await box.run("result = upstream['a'] * 2", node_inputs({"a": 21}))
+    assert [outcome.error_code for outcome in outcomes] == [code for _, code in hostile]
+    assert "BlockingIOError" in outcomes[5].error_message
+    assert "can't start new thread" in outcomes[6].error_message
+    assert "No space left on device" in outcomes[7].error_message
+    assert len(outcomes[8].logs) == limits.max_log_lines + 1
     assert after.ok
     assert after.output == 42
 
@@ -395,29 +443,20 @@ async def test_concurrent_runs_are_independent() -> None:
     assert [r.output for r in results] == [i * 10 for i in range(6)]
 
 
-async def test_cancelling_a_run_kills_and_reaps_its_child(tmp_path: Path) -> None:
-    marker = tmp_path / "pid"
-    source = "\n".join(
-        [
-            "import os",
-            "with open(trigger, 'w') as f:",
-            "    f.write(f'{os.getpid()} {os.getcwd()}\\n')",
-            "while True:",
-            "    pass",
-        ]
-    )
+async def test_cancelling_a_run_kills_and_reaps_its_child() -> None:
+    token = f"flowyard-test-{uuid.uuid4().hex}"
     async with sandbox(warm=1) as box:
-        task = asyncio.create_task(box.run(source, node_inputs(trigger=str(marker)), 30.0))
-        pid_text, workdir = (await wait_for_line(marker)).split()
-        pid = int(pid_text)
-        assert pid in live_children()
+        task = asyncio.create_task(box.run(sleeper(token) + "while True:\n    pass", {}, 30.0))
+        grandchildren = await wait_for_process(token)
+        (child,) = {my_child_above(pid) for pid in grandchildren}
+        assert child in live_children()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await wait_until_gone(grandchildren)
+        assert child not in live_children()  # killed and reaped
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-        assert pid not in live_children()
-        assert not exists(workdir)
+            os.kill(child, 0)
         # The pool still serves runs afterwards.
         assert (await box.run("result = 1", node_inputs())).output == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from flowyard.adapters.kafka import EnvelopeConsumer, KafkaPublisher, ensure_topics
 from flowyard.adapters.mongo import MongoStore
@@ -12,9 +13,10 @@ from flowyard.service import run_service
 
 from flowyard_executor.actions import Actions
 from flowyard_executor.executor import Executor
-from flowyard_executor.sandbox import CodeSandbox, SandboxLimits
+from flowyard_executor.sandbox import CodeSandbox, SandboxLimits, resolve_confinement
 
 SERVICE = "executor"
+log = logging.getLogger(__name__)
 
 
 def sandbox_limits(settings: Settings) -> SandboxLimits:
@@ -22,15 +24,26 @@ def sandbox_limits(settings: Settings) -> SandboxLimits:
         cpu_seconds=settings.code_cpu_seconds,
         memory_bytes=settings.code_memory_mb * 1024 * 1024,
         wall_seconds=settings.code_timeout_seconds,
+        disk_bytes=settings.code_disk_mb * 1024 * 1024,
     )
 
 
 async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
+    # Refuses to start (naming the cause) rather than run code nodes unconfined by accident.
+    confinement = await asyncio.to_thread(
+        resolve_confinement,
+        settings.code_sandbox,
+        settings.code_sandbox_python,
+        settings.code_sandbox_uid,
+    )
+    if confinement.kind == "none":
+        log.warning("code nodes run WITHOUT isolation (FLOWYARD_CODE_SANDBOX=none)")
+    log.info("code sandbox: %s", confinement.describe())
     async with (
         MongoStore(settings.mongo_url, settings.mongo_db) as store,
         KafkaPublisher(settings.kafka_bootstrap, SERVICE) as publisher,
-        CodeSandbox(sandbox_limits(settings), warm_processes=2) as sandbox,
+        CodeSandbox(sandbox_limits(settings), 2, confinement) as sandbox,
         Actions(settings, sandbox) as actions,
     ):
         executor = Executor(settings, store, publisher, actions, metrics)

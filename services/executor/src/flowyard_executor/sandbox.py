@@ -58,23 +58,36 @@ Outcomes (:attr:`CodeResult.error_code`)
     the process died without reporting an outcome (a signal, an exit status, a broken
     interpreter); the message carries the status and the last stderr lines.
 
-Isolation, and its limits
--------------------------
-Each task gets a fresh child process (``python -I -S -B``) in its own session and
-process group, in a fresh temporary working directory that is removed afterwards, with a
-clean environment (``PATH``, ``LANG``, ``HOME`` = the working directory,
-``PYTHONDONTWRITEBYTECODE``; never the executor's own variables). Before it reads its
-job the child limits itself: CPU time, address space, file size (:data:`FILE_SIZE_LIMIT`),
-no core dumps and, unless it runs as root, the number of processes and threads of its
-user (a few more than exist at start-up, :data:`NPROC_HEADROOM`). A few children are
-started ahead of time (the warm pool) so a task does not pay for interpreter start-up;
-each runs exactly one job and exits.
+Isolation
+---------
+Each task gets a fresh child process (``python -I -S -B``) in its own session and process
+group, with a clean environment (``PATH``, ``LANG``, ``HOME`` = the working directory,
+``PYTHONDONTWRITEBYTECODE``; never the executor's own variables). Before it reads its job
+the child limits itself: CPU time, address space, file size (:data:`FILE_SIZE_LIMIT`), no
+core dumps and, unless it runs as root, the number of processes and threads of its user (a
+few more than exist at start-up, :data:`NPROC_HEADROOM`). A few children are started ahead
+of time (the warm pool) so a task does not pay for start-up; each runs exactly one job and
+exits.
 
-This contains mistakes (endless loops, runaway memory, huge outputs, crashes) and keeps
-the executor's secrets out of the code's environment; it is **not** a security boundary
-against hostile code, which still runs as the executor's user with its file-system and
-network access. Run the executor in a container (or add seccomp, a separate user, a
-network policy) when the authors of code nodes are not trusted.
+With the ``bwrap`` confinement (the default, :func:`resolve_confinement`) each child is
+started through bubblewrap in new user, pid, network, IPC, UTS and cgroup namespaces:
+
+- the file system is a read-only view of ``/usr`` (and the Python installation when it
+  lives elsewhere), a fresh ``/proc`` of its own pid namespace and a minimal read-only
+  ``/dev`` (``null``, ``zero``, ``random``, ``urandom``, ...); the only writable place is
+  the working directory :data:`WORKDIR` (a tmpfs of :attr:`SandboxLimits.disk_bytes`,
+  also reachable as ``/tmp``), gone with the process;
+- the network namespace has only a loopback interface of its own: no connection leaves it
+  (code nodes have no network; HTTP calls belong in ``http`` nodes);
+- the code sees only its own processes, runs without capabilities, cannot create further
+  user namespaces and, when the executor runs as root, runs as an unprivileged user
+  (:attr:`Confinement.user`);
+- ``--die-with-parent``: the whole sandbox dies with the executor.
+
+With ``none`` the child runs as the executor's user with its file-system and network
+access, in a fresh temporary directory: the limits contain mistakes, but this is no
+boundary against hostile code (for trusted authors, or machines without user namespaces).
+docs/threat-model.md says what each protects and what it does not.
 """
 
 from __future__ import annotations
@@ -85,9 +98,11 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping
@@ -131,6 +146,20 @@ NPROC_HEADROOM = 16
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 _RUNNER_PATH = str(RUNNER)
 
+WORKDIR = "/task"
+"""The code's working directory (and ``HOME``) inside a ``bwrap`` sandbox."""
+
+SANDBOX_RUNNER = "/flowyard/sandbox_runner.py"
+"""Where the runner script is placed (read-only) inside a ``bwrap`` sandbox."""
+
+SANDBOX_HOSTNAME = "flowyard-code"
+
+DEFAULT_SANDBOX_UID = 65534
+"""The user code runs as when the executor runs as root (``nobody`` on Debian)."""
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+MIN_PYTHON = (3, 11)
+
 _CHUNK = 64 * 1024
 _RAW_LINE_BYTES = MAX_LOG_LINE_CHARS * 4
 _PROTOCOL_OVERHEAD_BYTES = 1024 * 1024  # room for the error message, trace and framing
@@ -147,6 +176,182 @@ class SandboxLimits:
     wall_seconds: float = 60.0  # overridden per task by the node's timeout when > 0
     max_output_bytes: int = 1024 * 1024  # JSON-encoded result size limit
     max_log_lines: int = 10_000
+    disk_bytes: int = 64 * 1024 * 1024  # the working directory's tmpfs (bwrap only)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot confine code on this machine; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How each code node's process is confined; made by :func:`resolve_confinement`.
+
+    ``kind`` is ``"bwrap"`` (namespaces and a read-only view, see the module's docs) or
+    ``"none"`` (resource limits only). ``python`` is the interpreter the children run
+    (for ``bwrap`` the real file inside ``python_prefix``, its installation, which is
+    bound read-only unless it is under ``/usr``). ``user`` is the ``(uid, gid)`` the
+    sandbox is started as, when the executor runs as root; ``None`` keeps the executor's.
+    """
+
+    kind: str
+    python: str
+    python_prefix: str = ""
+    bwrap: str = ""
+    user: tuple[int, int] | None = None
+    disable_userns: bool = True
+
+    def describe(self) -> str:
+        if self.kind != "bwrap":
+            return f"none (resource limits only, no isolation), python {self.python}"
+        who = f"uid {self.user[0]}" if self.user else f"uid {os.geteuid()}"
+        return f"bwrap ({self.bwrap}), python {self.python}, {who}, no network"
+
+
+def _access_problem(path: str, uid: int, gids: frozenset[int], final_mode: int) -> str:
+    """Why ``uid`` (with groups ``gids``) cannot reach ``path``, or "" when it can.
+
+    Checks the permission bits of every directory on the way (search) and of ``path``
+    itself (``final_mode``: a mask of 4 = read, 1 = execute); ACLs are not considered.
+    """
+
+    def allowed(st: os.stat_result, want: int) -> bool:
+        if uid == 0:
+            return True
+        if st.st_uid == uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in gids:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & want == want
+
+    parts = Path(path).parts
+    current = Path(parts[0])
+    for part in parts[1:]:
+        try:
+            st = current.stat()
+        except OSError as exc:
+            return f"{current}: {exc.strerror}"
+        if not allowed(st, 1):
+            return f"{current} is not searchable"
+        current = current / part
+    try:
+        st = current.stat()
+    except OSError as exc:
+        return f"{current}: {exc.strerror}"
+    if not allowed(st, final_mode):
+        return f"{current} is not {'readable' if final_mode & 4 else 'executable'}"
+    return ""
+
+
+def _interpreter_facts(python: str) -> tuple[str, tuple[int, int]]:
+    """The installation prefix and version of ``python``."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return sys.base_prefix, (sys.version_info.major, sys.version_info.minor)
+    probe = "import sys; print(sys.base_prefix); print(*sys.version_info[:2])"
+    try:
+        done = subprocess.run(
+            [python, "-I", "-S", "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+        prefix, version = done.stdout.splitlines()[:2]
+        major, minor = (int(part) for part in version.split())
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"cannot run the interpreter {python}: {exc}") from None
+    return prefix, (major, minor)
+
+
+def _bwrap_supports(bwrap: str, option: str) -> bool:
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option in done.stdout + done.stderr
+
+
+def resolve_confinement(
+    kind: str = "bwrap", python: str = "", sandbox_uid: int = DEFAULT_SANDBOX_UID
+) -> Confinement:
+    """Work out how to confine code nodes here, or raise :class:`SandboxUnavailable`.
+
+    ``python`` empty picks the executor's own interpreter when the sandbox user can reach
+    it (its installation is bound read-only into the sandbox), else ``/usr/bin/python3``.
+    Blocking (it may start an interpreter once): call it at start-up, off the event loop.
+    """
+    kind = kind.strip().lower() or "bwrap"
+    if kind == "none":
+        return Confinement(kind="none", python=python or sys.executable)
+    if kind != "bwrap":
+        raise SandboxUnavailable(f"unknown code sandbox {kind!r}: use 'bwrap' or 'none'")
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap; "
+            "scripts/bootstrap.sh installs it); FLOWYARD_CODE_SANDBOX=none runs code nodes "
+            "without isolation, for trusted authors only"
+        )
+    user: tuple[int, int] | None = None
+    if os.geteuid() == 0:
+        if sandbox_uid <= 0:
+            raise SandboxUnavailable(
+                "the code sandbox user (FLOWYARD_CODE_SANDBOX_UID) must not be root"
+            )
+        try:
+            gid = pwd.getpwuid(sandbox_uid).pw_gid
+        except KeyError:
+            gid = sandbox_uid
+        user = (sandbox_uid, gid)
+        uid, gids = sandbox_uid, frozenset({gid})
+    else:
+        uid, gids = os.geteuid(), frozenset({os.getegid(), *os.getgroups()})
+    problems: list[str] = []
+    for candidate in [python] if python else [sys.executable, SYSTEM_PYTHON]:
+        real = os.path.realpath(candidate)
+        if not os.path.isfile(real):
+            problems.append(f"{candidate}: no such interpreter")
+            continue
+        prefix, version = _interpreter_facts(real)
+        prefix = os.path.realpath(prefix)
+        if version < MIN_PYTHON:
+            problems.append(f"{real} is Python {version[0]}.{version[1]}, older than 3.11")
+            continue
+        if not (real.startswith(prefix + os.sep) or real.startswith("/usr/")):
+            problems.append(f"{real} lies outside its installation {prefix}")
+            continue
+        problem = _access_problem(real, uid, gids, 5) or _access_problem(prefix, uid, gids, 5)
+        if problem:
+            problems.append(f"{real}: {problem} for uid {uid}")
+            continue
+        return Confinement(
+            kind="bwrap",
+            python=real,
+            python_prefix=prefix,
+            bwrap=bwrap,
+            user=user,
+            disable_userns=_bwrap_supports(bwrap, "--disable-userns"),
+        )
+    raise SandboxUnavailable(
+        "no Python interpreter the code sandbox can run ("
+        + "; ".join(problems)
+        + "): set FLOWYARD_CODE_SANDBOX_PYTHON to one its user can read"
+    )
+
+
+def _root_links() -> list[str]:
+    """bwrap arguments recreating the host's top-level /bin, /lib... (links into /usr on
+    merged-/usr systems, read-only binds otherwise)."""
+    args: list[str] = []
+    for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(name):
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    return args
 
 
 @dataclass(frozen=True)
@@ -266,7 +471,7 @@ def _discard(_line: bytes, _cut: bool) -> bool:
 @dataclass(eq=False)
 class _Child:
     process: asyncio.subprocess.Process
-    workdir: str
+    workdir: str | None  # the host directory of a "none" child; bwrap's is a tmpfs
     shut_down: bool = False
     readers: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -322,7 +527,8 @@ class _Session:
 
     def on_stderr(self, raw: bytes, cut: bool) -> bool:
         # Crash dumps name the runner's frames: show its name, not where it is installed.
-        text = raw.decode("utf-8", "replace").replace(_RUNNER_PATH, "<sandbox>")
+        text = raw.decode("utf-8", "replace")
+        text = text.replace(_RUNNER_PATH, "<sandbox>").replace(SANDBOX_RUNNER, "<sandbox>")
         if cut:
             text += " ... [cut]"
         self.stderr_tail.append(text[:MAX_LOG_LINE_CHARS])
@@ -357,14 +563,26 @@ class _Session:
 
 class CodeSandbox:
     """Runs one code node per fresh child process, with a few processes started ahead of
-    time (warm pool) so a task does not pay interpreter start-up."""
+    time (warm pool) so a task does not pay interpreter start-up.
+
+    ``confinement`` ``None`` resolves the default (``bwrap``) on entry. Entering runs one
+    job as a check and raises :class:`SandboxUnavailable` (naming the cause) when the
+    sandbox cannot start or run code here.
+    """
 
     def __init__(
-        self, limits: SandboxLimits, warm_processes: int = 2, python: str = sys.executable
+        self,
+        limits: SandboxLimits,
+        warm_processes: int = 2,
+        confinement: Confinement | None = None,
+        workdir_root: str | None = None,
     ) -> None:
         self._limits = limits
         self._warm = max(0, warm_processes)
-        self._python = python
+        self._confinement = confinement
+        self._workdir_root = workdir_root
+        self._runner_source = RUNNER.read_bytes()
+        self._root_links = _root_links()
         self._config = json.dumps(
             {
                 "cpu_seconds": max(1, int(limits.cpu_seconds)),
@@ -384,11 +602,33 @@ class CodeSandbox:
         self._none_active.set()
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def confinement(self) -> Confinement:
+        if self._confinement is None:
+            raise RuntimeError("the sandbox has not been entered yet")
+        return self._confinement
+
     async def __aenter__(self) -> CodeSandbox:
+        if self._confinement is None:
+            self._confinement = await asyncio.to_thread(resolve_confinement)
         self._started = True
         self._closing = False
         self._refill()
+        try:
+            await self._check()
+        except BaseException:
+            await self.close()
+            raise
         return self
+
+    async def _check(self) -> None:
+        """Run one small job; raise SandboxUnavailable with the cause when it fails."""
+        probe = await self.run("result = sum(range(5))", {}, timeout_seconds=60.0)
+        if not probe.ok or probe.output != 10:
+            raise SandboxUnavailable(
+                f"the code sandbox ({self.confinement.describe()}) does not work here: "
+                f"{probe.error_code}: {probe.error_message}"
+            )
 
     async def __aexit__(
         self,
@@ -460,10 +700,12 @@ class CodeSandbox:
     # --- the pool -------------------------------------------------------------------
 
     async def _spawn(self) -> _Child:
-        workdir = tempfile.mkdtemp(prefix="flowyard-code-")
+        if self.confinement.kind == "bwrap":
+            return await self._spawn_bwrap()
+        workdir = tempfile.mkdtemp(prefix="flowyard-code-", dir=self._workdir_root)
         try:
             process = await asyncio.create_subprocess_exec(
-                self._python,
+                self.confinement.python,
                 "-I",
                 "-S",
                 "-B",
@@ -480,6 +722,54 @@ class CodeSandbox:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         return _Child(process, workdir)
+
+    async def _spawn_bwrap(self) -> _Child:
+        confinement = self.confinement
+        # The runner reaches the sandbox as data (a read-only file bwrap makes from this
+        # descriptor): the executor's installation need not be readable by the sandbox user.
+        runner = os.memfd_create("flowyard-sandbox-runner", os.MFD_CLOEXEC)
+        try:
+            os.write(runner, self._runner_source)
+            os.lseek(runner, 0, os.SEEK_SET)
+            user: dict[str, Any] = {}
+            if confinement.user is not None:
+                uid, gid = confinement.user
+                user = {"user": uid, "group": gid, "extra_groups": []}
+            process = await asyncio.create_subprocess_exec(
+                *self._bwrap_command(runner),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd="/",
+                env={"PATH": self._env["PATH"], "LANG": self._env["LANG"]},
+                start_new_session=True,
+                pass_fds=(runner,),
+                **user,
+            )
+        finally:
+            os.close(runner)
+        return _Child(process, None)
+
+    def _bwrap_command(self, runner_fd: int) -> list[str]:
+        confinement = self.confinement
+        command = [confinement.bwrap, "--unshare-all", "--unshare-user"]
+        if confinement.disable_userns:
+            command.append("--disable-userns")
+        command += ["--die-with-parent", "--new-session", "--hostname", SANDBOX_HOSTNAME]
+        command.append("--clearenv")
+        for name, value in {**self._env, "HOME": WORKDIR}.items():
+            command += ["--setenv", name, value]
+        command += ["--ro-bind", "/usr", "/usr", *self._root_links]
+        prefix = confinement.python_prefix
+        if prefix and prefix != "/usr" and not prefix.startswith("/usr/"):
+            command += ["--ro-bind", prefix, prefix]
+        command += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
+        command += ["--size", str(max(1, self._limits.disk_bytes)), "--tmpfs", WORKDIR]
+        command += ["--symlink", WORKDIR, "/tmp", "--chdir", WORKDIR]
+        command += ["--ro-bind-data", str(runner_fd), SANDBOX_RUNNER]
+        command += ["--remount-ro", "/"]
+        command += ["--", confinement.python, "-I", "-S", "-B", SANDBOX_RUNNER, self._config]
+        return command
 
     async def _claim(self) -> _Child:
         """A warm child if one is alive, else a new one (the caller refills the pool)."""
@@ -551,7 +841,8 @@ class CodeSandbox:
         for task in (*drains, *child.readers):
             task.cancel()
         await asyncio.gather(*drains, *child.readers, return_exceptions=True)
-        await asyncio.to_thread(_remove_tree, child.workdir)
+        if child.workdir is not None:
+            await asyncio.to_thread(_remove_tree, child.workdir)
 
     # --- one job ----------------------------------------------------------------------
 
@@ -635,6 +926,7 @@ class CodeSandbox:
             )
         logs = session.all_logs()
         status = child.process.returncode
+        killed_by = self._killing_signal(status)
         if timed_out:
             return self._failure(
                 "code.timeout",
@@ -645,17 +937,17 @@ class CodeSandbox:
             return self._failure(
                 "code.crashed", "the sandbox was shut down while the code was running", logs
             )
-        if status == -signal.SIGXCPU:
+        if killed_by == signal.SIGXCPU:
             return self._failure(
                 "code.cpu",
                 f"the code used more than its CPU-time limit of {self._limits.cpu_seconds} s",
                 logs,
                 session.code_frames(),
             )
-        if status is not None and status < 0:
-            name = _signal_name(-status)
+        if killed_by is not None:
+            name = _signal_name(killed_by)
             hint = ""
-            if -status == signal.SIGKILL:
+            if killed_by == signal.SIGKILL:
                 hint = " (the CPU-time hard limit, or the system ran out of memory)"
             return self._failure(
                 "code.crashed",
@@ -668,6 +960,19 @@ class CodeSandbox:
             f"the code's process {how} without reporting a result{session.crash_detail()}",
             logs,
         )
+
+    def _killing_signal(self, status: int | None) -> int | None:
+        """The signal that ended the code's process, from the child's exit status.
+
+        bwrap exits with 128 + n when the process it ran died of signal n (so code that
+        exits with such a status on purpose is reported as killed by that signal)."""
+        if status is None:
+            return None
+        if status < 0:
+            return -status
+        if self.confinement.kind == "bwrap" and 128 < status < 128 + signal.NSIG:
+            return status - 128
+        return None
 
     @staticmethod
     def _failure(code: str, message: str, logs: tuple[LogLine, ...], trace: str = "") -> CodeResult:
