@@ -115,27 +115,18 @@ class HistoryStore:
     async def iter_runs(
         self, query: RunQuery, projection: Mapping[str, Any] | None = None, batch: int = 1000
     ) -> AsyncIterator[Document]:
-        """Every matching run in order, fetched ``batch`` at a time (keyset pages, so
-        nothing but one batch is ever held, and a long export holds no server cursor)."""
-        after: Cursor | None = None
-        while True:
-            try:
-                cursor = (
-                    self.runs.find(
-                        mongo_filter(query, after),
-                        dict(projection) if projection is not None else SUMMARY_PROJECTION,
-                    )
-                    .sort(mongo_sort(query))
-                    .limit(batch)
-                )
-                docs = [doc async for doc in cursor]
-            except PyMongoError as exc:
-                raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
-            for doc in docs:
+        """Every matching run in order, ``batch`` documents per round trip: one cursor
+        (MongoDB walks the index once; FerretDB sorts once), never all runs in memory."""
+        try:
+            cursor = self.runs.find(
+                mongo_filter(query),
+                dict(projection) if projection is not None else SUMMARY_PROJECTION,
+                batch_size=batch,
+            ).sort(mongo_sort(query))
+            async for doc in cursor:
                 yield doc
-            if len(docs) < batch:
-                return
-            after = Cursor.after_doc(query, docs[-1])
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
 
     async def explain_list(self, query: RunQuery) -> Document:
         """The server's plan for :meth:`list_runs` (tests show which index it uses)."""
