@@ -32,7 +32,6 @@ from flowyard_api_gateway.alert_servicer import add_alert_service, prepare_alert
 from flowyard_api_gateway.auth import AuthInterceptor, TokenAuthenticator
 from flowyard_api_gateway.control import RunControlServicer
 from flowyard_api_gateway.history_servicer import add_history_service, prepare_history
-from flowyard_api_gateway.history_servicer import add_history_service, prepare_history
 from flowyard_api_gateway.metrics_interceptor import RequestMetricsInterceptor
 from flowyard_api_gateway.run_events import RunEventsHub
 from flowyard_api_gateway.servicers import RunServicer, WorkflowServicer
@@ -75,7 +74,6 @@ class Gateway:
             tokens = TokenStore(store.database)
             await tokens.ensure_indexes()
             await prepare_alerts(store)
-            await prepare_history(store)
             await prepare_history(store)
             publisher = await stack.enter_async_context(
                 KafkaPublisher(settings.kafka_bootstrap, SERVICE)
@@ -132,14 +130,12 @@ def build_server(
     )
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(tokens, authenticator), server)
     history_service = add_history_service(server, store, hub)
-    history_service = add_history_service(server, store, hub)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [
         gateway_pb2.DESCRIPTOR.services_by_name[name].full_name
         for name in ("WorkflowService", "RunService", "RunControlService")
     ] + [auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name]
-    services.append(history_service)
     services.append(history_service)
     services.append(add_alert_service(server, store, settings.slack))
     for name in [*services, ""]:
