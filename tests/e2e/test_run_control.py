@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from flowyard import codec
+from flowyard.cli import main as cli
 from flowyard.config import Settings
 from flowyard.domain.access import Role
 from flowyard.domain.definition import parse_definition
@@ -716,3 +717,50 @@ async def test_the_audit_trail_names_who_did_what_and_why(
         viewer_control.RetryTask(gateway_pb2.RetryTaskRequest(run_id=run_id, node_id="boom")),
         grpc.StatusCode.PERMISSION_DENIED,
     )
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+async def test_the_cli_fixes_a_failed_run(
+    flowyard: RunningFlowyard,
+    outside: Outside,
+    eventually: Eventually,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    assert flowyard.admin is not None
+    monkeypatch.setenv("FLOWYARD_TOKEN", flowyard.admin.token)
+    monkeypatch.delenv("FLOWYARD_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no config file of the user's
+
+    async def flowyard_cli(*argv: str) -> tuple[int, str, str]:
+        # The CLI is synchronous; the services run on this event loop.
+        code = await asyncio.to_thread(cli.main, [*argv, "--server", flowyard.address])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    outside.http.route("/price", flaky(failures=1))
+    await apply(flowyard, workflow("cli-fix", [http_get("price", outside.http.url("/price"))]))
+    run_id = await start(flowyard, "cli-fix")
+    assert (await finished(flowyard, run_id, eventually)).status == FAILED
+
+    code, out, _ = await flowyard_cli("run", "resolutions", run_id)
+    assert code == 0 and "retry_task" in out and "price" in out
+    code, out, err = await flowyard_cli("run", "stop", run_id)
+    assert code == 1 and "FAILED_PRECONDITION" in err and "failed" in err
+    code, out, _ = await flowyard_cli("run", "retry", run_id, "price", "--comment", "once more")
+    assert code == 0 and f"accepted for run {run_id}" in out
+
+    await run_in(flowyard, run_id, eventually, SUCCEEDED)
+    code, out, _ = await flowyard_cli("run", "get", run_id)
+    assert code == 0
+    line = out.split("Audit:\n")[1].splitlines()[0]
+    assert f"{flowyard.principal}  retry_task price" in line and '"once more"' in line
+
+    code, out, _ = await flowyard_cli("run", "replay", run_id, "--watch")
+    assert code == 0
+    replay_id = out.splitlines()[0]
+    code, out, _ = await flowyard_cli("run", "compare", run_id, replay_id)
+    assert code == 0 and "price" in out
