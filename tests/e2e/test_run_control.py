@@ -764,3 +764,26 @@ async def test_the_cli_fixes_a_failed_run(
     replay_id = out.splitlines()[0]
     code, out, _ = await flowyard_cli("run", "compare", run_id, replay_id)
     assert code == 0 and "price" in out
+
+
+async def test_a_dry_run_replays_as_a_dry_run_of_the_same_definition(
+    flowyard: RunningFlowyard, eventually: Eventually
+) -> None:
+    draft = workflow("draft-double", [code("twice", "result = trigger['n'] * 2")])
+    dry = await flowyard.workflows.DryRunWorkflow(
+        gateway_pb2.DryRunWorkflowRequest(
+            definition=codec.definition_to_proto(parse_definition(draft)),
+            input=codec.json_to_value({"n": 4}),
+        )
+    )
+    assert (await finished(flowyard, dry.run_id, eventually)).status == SUCCEEDED
+
+    replay = await control(flowyard).ReplayRun(
+        gateway_pb2.ReplayRunRequest(run_id=dry.run_id, input=codec.json_to_value({"n": 6}))
+    )
+
+    run = await finished(flowyard, replay.run_id, eventually)
+    assert run.status == SUCCEEDED and run.test
+    assert run.replay_of == dry.run_id and run.trigger.kind == "replay"
+    assert output(run, "twice") == 12
+    assert [a.action for a in run.audit] == ["replay"]

@@ -198,10 +198,11 @@ class RunControlServicer(gateway_pb2_grpc.RunControlServiceServicer):
             detail=f"replay of run {original.run_id}"
             + (" with new input" if request.HasField("input") else ""),
         )
+        snapshot: WorkflowDefinition | None = None
         if original.test:
             # A dry run's definition is its snapshot: the replay is a dry run of it again.
-            definition = await self._store.snapshot(original.run_id)
-            run = engine.new_run(run_id, "", 0, definition, trigger, now, test=True)
+            snapshot = await self._store.snapshot(original.run_id)
+            run = engine.new_run(run_id, "", 0, snapshot, trigger, now, test=True)
         else:
             workflow = await self._store.latest_workflow(original.workflow_id)
             if workflow.state is not WorkflowState.ACTIVE:
@@ -213,20 +214,16 @@ class RunControlServicer(gateway_pb2_grpc.RunControlServiceServicer):
                 run_id, workflow.workflow_id, workflow.version, workflow.definition, trigger, now
             )
         run = dataclasses.replace(run, replay_of=original.run_id, audit=(entry,))
-        if run.test:
-            existing = await self._store.find_run(run_id)
-            if existing is not None:
-                return gateway_pb2.StartRunResponse(run_id=run_id, created=False)
-            await self._store.insert_snapshot(run_id, definition)
-            await _publish_start(self._publisher, self._topics, run, test=True)
-            return gateway_pb2.StartRunResponse(run_id=run_id, created=True)
+        if snapshot is not None:
+            # The snapshot first, so the scheduler always finds it for the run.
+            await self._store.insert_snapshot(run_id, snapshot)
         created = await self._store.insert_run(run)
         if not created:
             existing = await self._store.get_run(run_id)
             if existing.status is not RunStatus.QUEUED:
                 return gateway_pb2.StartRunResponse(run_id=run_id, created=False)
             run = existing  # stored but maybe never published: publish again (idempotent)
-        await _publish_start(self._publisher, self._topics, run)
+        await _publish_start(self._publisher, self._topics, run, test=run.test)
         return gateway_pb2.StartRunResponse(run_id=run_id, created=created)
 
     @translate_errors
