@@ -545,6 +545,7 @@ async def test_a_sandbox_that_cannot_start_fails_on_entry_with_the_reason() -> N
         python_prefix="/usr",
         bwrap=working.bwrap,
         user=working.user,
+        setpriv=working.setpriv,
     )
     with pytest.raises(SandboxUnavailable) as raised:
         async with CodeSandbox(LIMITS, warm_processes=1, confinement=broken):

@@ -191,7 +191,10 @@ class Confinement:
     ``"none"`` (resource limits only). ``python`` is the interpreter the children run
     (for ``bwrap`` the real file inside ``python_prefix``, its installation, which is
     bound read-only unless it is under ``/usr``). ``user`` is the ``(uid, gid)`` the
-    sandbox is started as, when the executor runs as root; ``None`` keeps the executor's.
+    sandbox is started as, when the executor runs as root (through ``setpriv``, so that
+    the executor still starts its children with ``vfork``: a plain ``fork`` of a process
+    with threads, as Python does for ``Popen(user=...)``, can crash the child before it
+    runs anything); ``None`` keeps the executor's.
     """
 
     kind: str
@@ -199,6 +202,7 @@ class Confinement:
     python_prefix: str = ""
     bwrap: str = ""
     user: tuple[int, int] | None = None
+    setpriv: str = ""
     disable_userns: bool = True
 
     def describe(self) -> str:
@@ -296,7 +300,14 @@ def resolve_confinement(
             "without isolation, for trusted authors only"
         )
     user: tuple[int, int] | None = None
+    setpriv = ""
     if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv") or ""
+        if not setpriv:
+            raise SandboxUnavailable(
+                "setpriv (util-linux) is missing: an executor running as root needs it to "
+                "start code nodes as an unprivileged user"
+            )
         if sandbox_uid <= 0:
             raise SandboxUnavailable(
                 "the code sandbox user (FLOWYARD_CODE_SANDBOX_UID) must not be root"
@@ -333,6 +344,7 @@ def resolve_confinement(
             python_prefix=prefix,
             bwrap=bwrap,
             user=user,
+            setpriv=setpriv,
             disable_userns=_bwrap_supports(bwrap, "--disable-userns"),
         )
     raise SandboxUnavailable(
@@ -731,12 +743,13 @@ class CodeSandbox:
         try:
             os.write(runner, self._runner_source)
             os.lseek(runner, 0, os.SEEK_SET)
-            user: dict[str, Any] = {}
+            command = self._bwrap_command(runner)
             if confinement.user is not None:
                 uid, gid = confinement.user
-                user = {"user": uid, "group": gid, "extra_groups": []}
+                switch = [f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+                command = [confinement.setpriv, *switch, *command]
             process = await asyncio.create_subprocess_exec(
-                *self._bwrap_command(runner),
+                *command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -744,7 +757,6 @@ class CodeSandbox:
                 env={"PATH": self._env["PATH"], "LANG": self._env["LANG"]},
                 start_new_session=True,
                 pass_fds=(runner,),
-                **user,
             )
         finally:
             os.close(runner)
