@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
 from flowyard.adapters.kafka import ensure_topics
 from flowyard.config import Settings, Topics
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+from pymongo import AsyncMongoClient
 
 from tests.stack import StackAddresses, provide_stack
 
@@ -23,8 +27,12 @@ def stack() -> Iterator[StackAddresses]:
 
 
 @pytest.fixture
-async def settings(stack: StackAddresses) -> Settings:
-    """Settings with a fresh topic prefix and database: no test sees another's data."""
+async def settings(stack: StackAddresses) -> AsyncIterator[Settings]:
+    """Settings with a fresh topic prefix and database: no test sees another's data.
+
+    Both are deleted afterwards: a whole suite's topics (eight per test) would otherwise
+    pile up into thousands of partitions and exhaust a small broker's memory.
+    """
     unique = uuid.uuid4().hex[:10]
     value = replace(
         Settings(),
@@ -39,7 +47,25 @@ async def settings(stack: StackAddresses) -> Settings:
         code_timeout_seconds=20,
     )
     await ensure_topics(value)
-    return value
+    yield value
+    await asyncio.to_thread(_delete_topics, value)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(value.mongo_url)
+    try:
+        await client.drop_database(value.mongo_db)
+    finally:
+        await client.close()
+
+
+def _delete_topics(settings: Settings) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="test-cleanup")
+    try:
+        prefix = f"{settings.topics.prefix}."
+        mine = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            with contextlib.suppress(KafkaError):
+                admin.delete_topics(mine, timeout_ms=10_000)
+    finally:
+        admin.close()
 
 
 async def assert_eventually(

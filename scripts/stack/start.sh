@@ -8,7 +8,7 @@
 #
 # Environment: FLOWYARD_CACHE_DIR, FLOWYARD_STATE_DIR, FLOWYARD_KAFKA_PORT (9092),
 # FLOWYARD_KAFKA_CONTROLLER_PORT (9093), FLOWYARD_MONGO_PORT (27017),
-# FLOWYARD_STACK_WAIT_SECONDS (90), KAFKA_HEAP_OPTS (-Xmx512m -Xms256m),
+# FLOWYARD_STACK_WAIT_SECONDS (90), KAFKA_HEAP_OPTS (-Xmx1g -Xms512m),
 # FLOWYARD_FERRETDB_LOG_LEVEL (warn), PYTHON (python3), JAVA_HOME, GO.
 # Only the `export ...` lines go to stdout; everything else goes to stderr.
 set -euo pipefail
@@ -134,7 +134,7 @@ start_kafka() {
 	java="$(find_java)"
 	write_kafka_config
 	local -a heap jvm
-	read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+	read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xmx1g -Xms512m}"
 	jvm=(
 		"${heap[@]}"
 		-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
