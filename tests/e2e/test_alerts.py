@@ -39,6 +39,7 @@ Eventually = Callable[..., Awaitable[Any]]
 LINK_BASE = "https://flowyard.example.test/runs"
 DOMAIN = "example.test"
 K = alerts_pb2
+FAILED = K.ALERT_KIND_FAILED
 
 
 @pytest.fixture
@@ -252,17 +253,25 @@ async def test_failed_and_succeeded_alerts_follow_policies_and_subscriptions(
     assert mails_to(outside, f"ops@{DOMAIN}", succeeding) == []
     assert slack_posts(outside, "#billing-ops", succeeding) == []
 
-    # The activity log: each attempt with kind, run, recipient, channel, time, status.
-    logged = await activity(alerts, run_id=failing)
-    assert {(a.channel, a.recipient, a.status, a.kind) for a in logged} == {
-        (K.ALERT_CHANNEL_EMAIL, f"ops@{DOMAIN}", K.ALERT_DELIVERY_STATUS_SENT, K.ALERT_KIND_FAILED),
-        (K.ALERT_CHANNEL_SLACK, "#billing-ops", K.ALERT_DELIVERY_STATUS_SENT, K.ALERT_KIND_FAILED),
-    }
-    assert all(a.at.seconds > 0 and a.attempt == 1 and a.error == "" for a in logged)
-    successes = await activity(alerts, kind=K.ALERT_KIND_SUCCEEDED)
-    assert {a.recipient for a in successes} == {f"wins@{DOMAIN}", f"watcher@{DOMAIN}", "#watchers"}
-    emails_only = await activity(alerts, channel=K.ALERT_CHANNEL_EMAIL, run_id=succeeding)
-    assert {a.recipient for a in emails_only} == {f"wins@{DOMAIN}", f"watcher@{DOMAIN}"}
+    # The activity log: each attempt with kind, run, recipient, channel, time, status
+    # (recorded once the server has taken the message).
+    async def logged() -> None:
+        attempts = await activity(alerts, run_id=failing)
+        assert {(a.channel, a.recipient, a.status, a.kind) for a in attempts} == {
+            (K.ALERT_CHANNEL_EMAIL, f"ops@{DOMAIN}", K.ALERT_DELIVERY_STATUS_SENT, FAILED),
+            (K.ALERT_CHANNEL_SLACK, "#billing-ops", K.ALERT_DELIVERY_STATUS_SENT, FAILED),
+        }
+        assert all(a.at.seconds > 0 and a.attempt == 1 and a.error == "" for a in attempts)
+        successes = await activity(alerts, kind=K.ALERT_KIND_SUCCEEDED)
+        assert {a.recipient for a in successes} == {
+            f"wins@{DOMAIN}",
+            f"watcher@{DOMAIN}",
+            "#watchers",
+        }
+        emails = await activity(alerts, channel=K.ALERT_CHANNEL_EMAIL, run_id=succeeding)
+        assert {a.recipient for a in emails} == {f"wins@{DOMAIN}", f"watcher@{DOMAIN}"}
+
+    await eventually(logged, within=10)
 
     sample = alerter.metrics.registry.get_sample_value
     assert sample("flowyard_alerts_sent_total", {"kind": "failed", "channel": "email"}) == 1
@@ -452,8 +461,12 @@ async def test_query_threshold_alerts_for_warnings_and_failures(
     # The policy wants query alerts only: the failed run raises no "failed" alert.
     await asyncio.sleep(0.5)
     assert len(slack_posts(outside, "#data-quality", failed)) == 1
-    kinds = {a.kind for a in await activity(alerts, run_id=failed)}
-    assert kinds == {K.ALERT_KIND_QUERY}
+
+    async def logged() -> None:
+        kinds = {a.kind for a in await activity(alerts, run_id=failed)}
+        assert kinds == {K.ALERT_KIND_QUERY}
+
+    await eventually(logged, within=10)
 
 
 # --- stopped ---------------------------------------------------------------------------
@@ -487,8 +500,13 @@ async def test_stopped_alert_names_who_stopped_the_run(
     mail = await eventually(stopped_alert, within=60)
     assert subject(mail).startswith("[Flowyard] STOPPED: long-job run ")
     assert f"Stopped by {flowyard.principal}." in body(mail)
-    logged = one(await activity(alerts, run_id=run_id, kind=K.ALERT_KIND_STOPPED))
-    assert logged.status == K.ALERT_DELIVERY_STATUS_SENT
+
+    # The attempt is logged once the SMTP server has taken the message.
+    async def logged() -> None:
+        attempt = one(await activity(alerts, run_id=run_id, kind=K.ALERT_KIND_STOPPED))
+        assert attempt.status == K.ALERT_DELIVERY_STATUS_SENT
+
+    await eventually(logged, within=10)
 
 
 # --- upstream failure ------------------------------------------------------------------
@@ -533,12 +551,16 @@ async def test_downstream_recipients_hear_that_an_upstream_failure_delays_them(
     assert "will be delayed until it succeeds" in body(analysts)
     assert "[http.connection]" in body(analysts)
     assert delayed_line(ar) == "Delayed workflows: invoice"
-    kinds = {(a.recipient, a.kind) for a in await activity(alerts, run_id=run_id)}
-    assert kinds == {
-        (f"analysts@{DOMAIN}", K.ALERT_KIND_UPSTREAM),
-        (f"ar@{DOMAIN}", K.ALERT_KIND_UPSTREAM),
-        ("#etl", K.ALERT_KIND_FAILED),
-    }
+
+    async def logged() -> None:
+        kinds = {(a.recipient, a.kind) for a in await activity(alerts, run_id=run_id)}
+        assert kinds == {
+            (f"analysts@{DOMAIN}", K.ALERT_KIND_UPSTREAM),
+            (f"ar@{DOMAIN}", K.ALERT_KIND_UPSTREAM),
+            ("#etl", K.ALERT_KIND_FAILED),
+        }
+
+    await eventually(logged, within=10)
 
 
 # --- delivery: SMTP down then up, undeliverable, rate limit ----------------------------
@@ -595,11 +617,15 @@ async def test_an_alert_is_retried_while_smtp_is_down_and_delivered_once_it_is_b
 
             mail = await eventually(delivered, within=60)
             assert mail.recipients == [f"ops@{DOMAIN}"]
-            logged = await activity(alerts, run_id=run_id)
-            statuses = [a.status for a in reversed(logged)]  # oldest first
-            assert statuses[-1] == K.ALERT_DELIVERY_STATUS_SENT
-            assert set(statuses[:-1]) == {K.ALERT_DELIVERY_STATUS_RETRYING}
-            assert [a.attempt for a in reversed(logged)] == list(range(1, len(logged) + 1))
+
+            async def sent_after_retries() -> None:
+                logged = await activity(alerts, run_id=run_id)
+                statuses = [a.status for a in reversed(logged)]  # oldest first
+                assert statuses[-1] == K.ALERT_DELIVERY_STATUS_SENT
+                assert set(statuses[:-1]) == {K.ALERT_DELIVERY_STATUS_RETRYING}
+                assert [a.attempt for a in reversed(logged)] == list(range(1, len(logged) + 1))
+
+            await eventually(sent_after_retries, within=10)
             await asyncio.sleep(1.0)
             assert len([m for m in smtp.messages if run_id in subject(m)]) == 1
 
@@ -664,11 +690,14 @@ async def test_alerts_to_one_channel_are_rate_limited(
             assert len(mails_to(outside, f"a@{DOMAIN}")) == 3
 
         await eventually(all_posted, within=60)
-    arrivals = sorted(
-        a.at.ToDatetime().timestamp()
-        for a in await activity(alerts, channel=K.ALERT_CHANNEL_SLACK)
-        if a.run_id in run_ids
-    )
+
+        async def all_logged() -> list[float]:
+            logged = await activity(alerts, channel=K.ALERT_CHANNEL_SLACK)
+            times = sorted(a.at.ToDatetime().timestamp() for a in logged if a.run_id in run_ids)
+            assert len(times) == 3
+            return times
+
+        arrivals = await eventually(all_logged, within=10)
     # One per second after the first: the three took at least ~2 s in all.
     assert arrivals[-1] - arrivals[0] >= 1.5
     rate_limited = metrics.registry.get_sample_value(

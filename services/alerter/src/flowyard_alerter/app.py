@@ -32,6 +32,8 @@ How faust is configured, and why:
 * ``topic_disable_leader=True``: nothing uses ``on_leader=True`` timers (every instance
   polls; moving a due time in MongoDB is the claim), so faust does not create its
   ``<id>-__assignor-__leader`` topic.
+* ``broker_session_timeout=10``: a dead instance's partitions (and so its alerts) are
+  taken over after 10 s rather than faust's default 60 s.
 * ``store="memory://"``: the table is rebuilt from its changelog at start; faust's data
   directory is a temporary directory removed on exit.
 * no web server, no autodiscovery (no module scanning at start).
@@ -95,6 +97,7 @@ for _module in (
 
 SERVICE = "alerter"
 LAG_INTERVAL_SECONDS = 5.0
+SESSION_TIMEOUT_SECONDS = 10.0
 # A run event whose handling hit an unreachable MongoDB is tried this often (with 1, 2,
 # 4 ... s between) before it is dead-lettered.
 INFRASTRUCTURE_TRIES = 5
@@ -416,6 +419,10 @@ class Alerter:
             topic_replication_factor=1,
             topic_partitions=settings.topic_partitions,
             topic_disable_leader=True,
+            # A killed instance's partitions move to the survivors after this (faust's
+            # default of 60 s would hold alerts back for a minute).
+            broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+            broker_heartbeat_interval=3.0,
         )
 
         def ours(name: str) -> Any:
