@@ -22,6 +22,7 @@ import grpc
 import pytest
 from aiosmtpd.controller import Controller
 from flowyard import codec
+from flowyard.cli import main as cli
 from flowyard.config import Settings
 from flowyard.domain.definition import parse_definition
 from flowyard.metrics import ServiceMetrics
@@ -704,3 +705,80 @@ async def test_alerts_to_one_channel_are_rate_limited(
         "flowyard_alerts_rate_limited_total", {"channel": "slack"}
     )
     assert rate_limited is not None and rate_limited >= 2
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+async def test_alerts_are_configured_and_read_with_the_cli(
+    flowyard: RunningFlowyard,
+    alerter: Alerter,
+    outside: Outside,
+    eventually: Eventually,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    assert flowyard.admin is not None
+    monkeypatch.setenv("FLOWYARD_TOKEN", flowyard.admin.token)
+    monkeypatch.delenv("FLOWYARD_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no config file of the user's
+
+    async def flowyard_cli(*argv: str) -> tuple[int, str, str]:
+        # The CLI is synchronous; the services run on this event loop.
+        exit_code = await asyncio.to_thread(cli.main, [*argv, "--server", flowyard.address])
+        out, err = capsys.readouterr()
+        return exit_code, out, err
+
+    status, out, _ = await flowyard_cli("alert", "domains", "--add", DOMAIN, "--add", "corp.test")
+    assert status == 0 and f"allowed email domains: corp.test, {DOMAIN}" in out
+    status, out, err = await flowyard_cli(
+        "alert", "policy", "set", "ops", "--type", "billing", "--email", "eve@gmail.com"
+    )
+    assert status == 1 and "INVALID_ARGUMENT" in err and "eve@gmail.com" in err
+    status, out, err = await flowyard_cli(
+        "alert", "policy", "set", "ops", "--type", "billing", "--slack", "ops"
+    )
+    assert status == 1 and "'ops' is not a channel" in err
+    status, out, err = await flowyard_cli(
+        "alert", "policy", "set", "ops", "--type", "billing", "--kinds", "failed,nope"
+    )
+    assert status == 2 and "unknown kind 'nope'" in err
+    status, out, _ = await flowyard_cli(
+        "alert", "policy", "set", "ops", "--type", "billing", "--email", f"ops@{DOMAIN}",
+        "--slack", "#ops", "--kinds", "failed,succeeded", "--runtime-threshold", "600",
+    )  # fmt: skip
+    assert status == 0 and "alert policy ops saved" in out
+    status, out, _ = await flowyard_cli("alert", "policy", "list")
+    assert status == 0
+    assert "failed,succeeded" in out and "600s" in out and f"ops@{DOMAIN}, #ops" in out
+
+    status, out, _ = await flowyard_cli("alert", "slack")
+    assert status == 0 and "bot token configured (from environment)" in out
+
+    await apply(flowyard, workflow("charge-cards", "billing", [http_to(outside.closed_port)]))
+    run_id = await start(flowyard, "charge-cards")
+
+    async def logged() -> str:
+        status, out, _ = await flowyard_cli("alert", "log", "--run", run_id, "--status", "sent")
+        assert status == 0 and out.count(run_id) == 2, out
+        return str(out)
+
+    out = await eventually(logged, within=60)
+    assert f"ops@{DOMAIN}" in out and "#ops" in out and "failed" in out
+    status, out, _ = await flowyard_cli("alert", "log", "--kind", "runtime")
+    assert status == 0 and "no alert activity" in out
+
+    await apply(flowyard, workflow("slow", "misc", [code("w", "import time\ntime.sleep(20)")]))
+    slow = await start(flowyard, "slow")
+    status, out, err = await flowyard_cli("alert", "subscribe", slow, "--email", f"me@{DOMAIN}")
+    assert status == 0 and f"subscribed me@{DOMAIN} to run {slow}" in out, err
+    status, out, _ = await flowyard_cli("alert", "subscriptions", slow)
+    assert status == 0 and f"me@{DOMAIN}" in out
+    status, out, err = await flowyard_cli("alert", "subscribe", run_id, "--email", f"me@{DOMAIN}")
+    assert status == 1 and "FAILED_PRECONDITION" in err and "failed already" in err
+
+    status, out, _ = await flowyard_cli("alert", "policy", "delete", "ops")
+    assert status == 0 and "deleted" in out
+    status, out, _ = await flowyard_cli("alert", "policy", "list")
+    assert "no alert policies" in out
