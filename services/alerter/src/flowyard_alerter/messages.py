@@ -196,7 +196,12 @@ def render(context: AlertContext, link_base: str) -> Rendered:
         subject += f" at {context.failed_node}"
     width = max(len(name) for name, _ in facts) + 1
     body_lines = [f"{name + ':':<{width}} {value}" for name, value in facts]
-    body = "\n".join([*body_lines, "", f"Details: flowyard run get {context.run_id}", ""])
+    commands = [f"Details:     flowyard run get {context.run_id}"]
+    if context.kind is AlertKind.RUNTIME:
+        commands.append(f"Stop it:     flowyard run stop {context.run_id}")
+    elif context.error_code:
+        commands.append(f"Resolutions: flowyard run resolutions {context.run_id}")
+    body = "\n".join([*body_lines, "", *commands, ""])
     slack_lines = [f"{emoji} *{_slack_escape(what)}*"]
     for name, value in facts[1:]:
         if name == "Link":
