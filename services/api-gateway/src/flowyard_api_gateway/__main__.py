@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from flowyard_api_gateway.alert_servicer import add_alert_service, prepare_alerts
 from flowyard_api_gateway.auth import AuthInterceptor, TokenAuthenticator
 from flowyard_api_gateway.control import RunControlServicer
+from flowyard_api_gateway.decoding import RequestDecodingInterceptor
 from flowyard_api_gateway.history_servicer import add_history_service, prepare_history
 from flowyard_api_gateway.metrics_interceptor import RequestMetricsInterceptor
 from flowyard_api_gateway.run_events import RunEventsHub
@@ -113,7 +114,12 @@ def build_server(
     authenticator = TokenAuthenticator(tokens)
     server = grpc.aio.server(
         # The first interceptor is the outermost: calls refused by auth are counted too.
-        interceptors=[RequestMetricsInterceptor(metrics), AuthInterceptor(authenticator)],
+        # Requests are parsed last, once admitted (malformed bytes: INVALID_ARGUMENT).
+        interceptors=[
+            RequestMetricsInterceptor(metrics),
+            AuthInterceptor(authenticator),
+            RequestDecodingInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),

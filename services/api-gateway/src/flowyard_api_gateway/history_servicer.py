@@ -65,6 +65,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _filter_time(message: history_pb2.RunFilter, name: str) -> datetime | None:
+    """The filter's ``since``/``until``; a timestamp protobuf cannot represent (seconds
+    outside years 1-9999, nanos outside 0-999999999) is the caller's error."""
+    if not message.HasField(name):
+        return None
+    try:
+        return codec.time_from_proto(getattr(message, name))
+    except ValueError as exc:
+        raise InvalidRequestError(f"filter.{name}", f"not a valid time: {exc}") from None
+
+
 def run_query(
     message: history_pb2.RunFilter,
     sort: history_pb2.RunSort.ValueType = history_pb2.RUN_SORT_UNSPECIFIED,
@@ -91,8 +102,8 @@ def run_query(
         trigger_kind=message.trigger_kind,
         started_by=message.started_by,
         date_range=_RANGES[message.range],
-        since=codec.time_from_proto(message.since) if message.HasField("since") else None,
-        until=codec.time_from_proto(message.until) if message.HasField("until") else None,
+        since=_filter_time(message, "since"),
+        until=_filter_time(message, "until"),
         search=message.search,
         sort=_SORTS[sort],
         ascending=ascending,
