@@ -14,6 +14,7 @@ no deadline; each test bounds its own example count).
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Sequence
 from types import ModuleType
@@ -23,7 +24,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 FUZZ = settings(
@@ -245,3 +246,72 @@ def payloads(descriptor: Descriptor, hints: Sequence[str] = ()) -> st.SearchStra
         st.binary(max_size=8),
     )
     return st.one_of(valid, valid, damaged, st.binary(max_size=256))
+
+
+def draw(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
+    """``count`` examples of ``strategy``, the same on every run (generation only)."""
+    drawn: list[Any] = []
+
+    @settings(FUZZ, max_examples=count, phases=[Phase.generate])
+    @given(strategy)
+    def collect(value: Any) -> None:
+        drawn.append(value)
+
+    collect()
+    return drawn
+
+
+def cloud_events(hints: Sequence[str] = ()) -> st.SearchStrategy[bytes]:
+    """What a hostile producer puts on ``events.ingest``: JSON objects shaped like
+    CloudEvents with random attributes and data, other JSON, and bytes that are not JSON."""
+    attribute = st.one_of(_strings(hints), json_values(hints))
+    event = st.fixed_dictionaries(
+        {},
+        optional={
+            "specversion": attribute,
+            "id": attribute,
+            "type": attribute,
+            "source": attribute,
+            "time": attribute,
+            "subject": attribute,
+            "data": json_values(hints),
+        },
+    )
+    as_json = st.one_of(event, json_values(hints)).map(
+        lambda value: json.dumps(value).encode("utf-8")
+    )
+    return st.one_of(as_json, as_json, st.binary(max_size=128))
+
+
+@st.composite
+def _envelope(draw: st.DrawFn, hints: Sequence[str], kinds: Sequence[str]) -> bytes:
+    from flowyard.v1 import events_pb2
+
+    descriptor = events_pb2.Envelope.DESCRIPTOR
+    every_kind = [field.name for field in descriptor.oneofs_by_name["payload"].fields]
+    envelope = events_pb2.Envelope(
+        event_id=draw(st.one_of(st.uuids().map(str), _strings(hints).filter(bool))),
+        run_id=draw(_strings(hints)),
+        workflow_id=draw(_strings(hints)),
+        workflow_version=draw(_integers(-(2**31), 2**31 - 1)),
+    )
+    if draw(st.booleans()):
+        envelope.time.seconds = draw(st.integers(0, 253402300799))  # years 1970-9999
+    preferred = st.sampled_from(list(kinds)) if kinds else st.nothing()
+    kind = draw(st.one_of(preferred, preferred, st.sampled_from(every_kind)))
+    payload = getattr(envelope, kind)
+    payload.CopyFrom(draw(messages(descriptor.fields_by_name[kind].message_type, hints)))
+    payload.SetInParent()
+    return envelope.SerializeToString()
+
+
+def envelopes(hints: Sequence[str] = (), kinds: Sequence[str] = ()) -> st.SearchStrategy[bytes]:
+    """What a hostile producer puts on an envelope topic: mostly well-formed envelopes
+    (an event id, a payload, preferably of one of ``kinds``) with random content, so they
+    get past decoding into the handlers; the rest damaged or random bytes."""
+    from flowyard.v1 import events_pb2
+
+    well_formed = _envelope(hints, kinds)
+    return st.one_of(
+        well_formed, well_formed, well_formed, payloads(events_pb2.Envelope.DESCRIPTOR, hints)
+    )

@@ -413,4 +413,9 @@ def decode_envelope(data: bytes | None) -> events_pb2.Envelope:
         raise DecodeError("envelope has no event_id")
     if envelope.WhichOneof("payload") is None:
         raise DecodeError("envelope has no payload")
+    if envelope.HasField("time"):
+        try:
+            envelope.time.ToDatetime()
+        except ValueError as exc:  # seconds outside years 1-9999, nanos outside 0-999999999
+            raise DecodeError(f"envelope time is not a valid timestamp: {exc}") from None
     return envelope
