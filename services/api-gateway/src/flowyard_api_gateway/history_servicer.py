@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from flowyard import codec
@@ -65,7 +65,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _filter_time(message: history_pb2.RunFilter, name: str) -> datetime | None:
+def _filter_time(
+    message: history_pb2.RunFilter, name: Literal["since", "until"]
+) -> datetime | None:
     """The filter's ``since``/``until``; a timestamp protobuf cannot represent (seconds
     outside years 1-9999, nanos outside 0-999999999) is the caller's error."""
     if not message.HasField(name):
