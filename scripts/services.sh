@@ -9,6 +9,8 @@
 # 127.0.0.1:$FLOWYARD_DEV_HTTP_PORT (8086). The services are pointed at them
 # (FLOWYARD_SMTP_HOST/PORT, FLOWYARD_SLACK_API_URL, FLOWYARD_SLACK_BOT_TOKEN) unless those
 # are already set: set FLOWYARD_SMTP_HOST or FLOWYARD_SLACK_API_URL to use real servers.
+# The credential store's key (FLOWYARD_CREDENTIALS_KEY), unless set, is made once for the
+# local stack and kept in $FLOWYARD_STATE_DIR/credentials-key (mode 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=stack/lib.sh
@@ -28,6 +30,21 @@ fi
 if [[ -z "${FLOWYARD_SLACK_API_URL:-}" ]]; then
 	export FLOWYARD_SLACK_API_URL="http://$STACK_HOST:$DEV_HTTP_PORT/slack/api"
 	export FLOWYARD_SLACK_BOT_TOKEN="${FLOWYARD_SLACK_BOT_TOKEN:-xoxb-local-dev}"
+fi
+if [[ -z "${FLOWYARD_CREDENTIALS_KEY:-}" && "${1:-}" == start ]]; then
+	key_file="$STATE_DIR/credentials-key"
+	if [[ ! -s "$key_file" ]]; then
+		(
+			umask 077
+			scripts/uv.sh run --frozen --no-sync python -c \
+				'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' \
+				>"$key_file.new"
+		)
+		mv -f "$key_file.new" "$key_file"
+	fi
+	chmod 600 "$key_file"
+	FLOWYARD_CREDENTIALS_KEY=$(<"$key_file")
+	export FLOWYARD_CREDENTIALS_KEY
 fi
 
 alive() { [ -f "$(pid_file "$1")" ] && kill -0 "$(cat "$(pid_file "$1")")" 2>/dev/null; }

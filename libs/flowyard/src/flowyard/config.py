@@ -50,6 +50,8 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | FLOWYARD_ALERT_LEASE_SECONDS | 30 | an alert claimed by an alerter that died is retried |
 |   |   | after this |
 | FLOWYARD_LOG_LEVEL | INFO | log level |
+| FLOWYARD_CREDENTIALS_KEY | (none) | Fernet key(s), comma-separated, first encrypts: the |
+|   |   | credential store's key (gateway and executors); none = no credentials |
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class Settings:
     slack: SlackSettings = field(default_factory=SlackSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     log_level: str = "INFO"
+    credentials_key: str = field(default="", repr=False)
 
 
 def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -250,4 +253,5 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
             lease_seconds=get_float("FLOWYARD_ALERT_LEASE_SECONDS", AlertSettings.lease_seconds),
         ),
         log_level=get("FLOWYARD_LOG_LEVEL", "INFO").upper(),
+        credentials_key=get("FLOWYARD_CREDENTIALS_KEY", ""),
     )

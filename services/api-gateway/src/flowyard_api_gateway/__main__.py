@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
+from flowyard.adapters.credentials import CredentialStore, cipher_from_key
 from flowyard.adapters.kafka import KafkaPublisher, ensure_topics
 from flowyard.adapters.mongo import MongoStore
 from flowyard.adapters.tokens import TokenStore
@@ -24,13 +25,21 @@ from flowyard.domain.access import Role, check_principal_name
 from flowyard.errors import InfrastructureError
 from flowyard.metrics import ServiceMetrics
 from flowyard.service import run_service
-from flowyard.v1 import auth_pb2, auth_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from flowyard.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    credentials_pb2,
+    credentials_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flowyard_api_gateway.alert_servicer import add_alert_service, prepare_alerts
 from flowyard_api_gateway.auth import AuthInterceptor, TokenAuthenticator
 from flowyard_api_gateway.control import RunControlServicer
+from flowyard_api_gateway.credential_service import CredentialServicer
 from flowyard_api_gateway.decoding import RequestDecodingInterceptor
 from flowyard_api_gateway.history_servicer import add_history_service, prepare_history
 from flowyard_api_gateway.metrics_interceptor import RequestMetricsInterceptor
@@ -135,13 +144,20 @@ def build_server(
         RunControlServicer(store, publisher, settings.topics), server
     )
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(tokens, authenticator), server)
+    credentials = CredentialStore(store.database, cipher_from_key(settings.credentials_key))
+    credentials_pb2_grpc.add_CredentialServiceServicer_to_server(
+        CredentialServicer(credentials), server
+    )
     history_service = add_history_service(server, store, hub)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [
         gateway_pb2.DESCRIPTOR.services_by_name[name].full_name
         for name in ("WorkflowService", "RunService", "RunControlService")
-    ] + [auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name]
+    ] + [
+        auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+        credentials_pb2.DESCRIPTOR.services_by_name["CredentialService"].full_name,
+    ]
     services.append(history_service)
     services.append(add_alert_service(server, store, settings.slack))
     for name in [*services, ""]:

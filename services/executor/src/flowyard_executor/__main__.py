@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from flowyard.adapters.credentials import CredentialStore, cipher_from_key
 from flowyard.adapters.kafka import EnvelopeConsumer, KafkaPublisher, ensure_topics
 from flowyard.adapters.mongo import MongoStore
 from flowyard.config import Settings
@@ -44,7 +45,7 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
         MongoStore(settings.mongo_url, settings.mongo_db) as store,
         KafkaPublisher(settings.kafka_bootstrap, SERVICE) as publisher,
         CodeSandbox(sandbox_limits(settings), 2, confinement) as sandbox,
-        Actions(settings, sandbox) as actions,
+        Actions(settings, sandbox, _credentials(settings, store)) as actions,
     ):
         executor = Executor(settings, store, publisher, actions, metrics)
         async with EnvelopeConsumer(
@@ -58,6 +59,12 @@ async def serve(settings: Settings, metrics: ServiceMetrics, stop: asyncio.Event
             concurrency=settings.executor_concurrency,
         ) as consumer:
             await consumer.run_until(stop)
+
+
+def _credentials(settings: Settings, store: MongoStore) -> CredentialStore | None:
+    """The credential store, when this executor has the key to read it."""
+    cipher = cipher_from_key(settings.credentials_key)
+    return None if cipher is None else CredentialStore(store.database, cipher)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format
 
-from flowyard.cli import control, render, rpc, tokens, workflows
+from flowyard.cli import control, credentials, render, rpc, tokens, workflows
 from flowyard.cli.alerts import add_alert_commands
 from flowyard.cli.config import ConfigError, load_config
 from flowyard.cli.history import add_history_commands
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     groups = parser.add_subparsers(
-        dest="group", required=True, metavar="{workflow,run,alert,token,whoami}"
+        dest="group", required=True, metavar="{workflow,run,alert,credential,token,whoami}"
     )
 
     workflow = groups.add_parser("workflow", help="register and read workflow definitions")
@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_parsers(rn, common, _watch)
 
     tokens.add_parsers(groups, common)
+    credentials.add_parsers(groups, common)
     add_history_commands(groups, rn, common)
     add_alert_commands(groups, common)
     return parser

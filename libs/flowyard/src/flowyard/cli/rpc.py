@@ -11,7 +11,7 @@ from typing import cast
 import grpc
 
 from flowyard.cli.config import CliConfig
-from flowyard.v1 import auth_pb2_grpc, gateway_pb2_grpc
+from flowyard.v1 import auth_pb2_grpc, credentials_pb2_grpc, gateway_pb2_grpc
 
 try:  # grpcio-status gives the google.rpc.BadRequest details; without it, details text only.
     from google.rpc import error_details_pb2
@@ -56,6 +56,7 @@ class Gateway:
     workflows: gateway_pb2_grpc.WorkflowServiceStub
     runs: gateway_pb2_grpc.RunServiceStub
     tokens: auth_pb2_grpc.TokenServiceStub
+    credentials: credentials_pb2_grpc.CredentialServiceStub
     control: gateway_pb2_grpc.RunControlServiceStub
 
 
@@ -69,6 +70,7 @@ def connect(address: str, metadata: Metadata) -> Iterator[Gateway]:
             workflows=gateway_pb2_grpc.WorkflowServiceStub(channel),
             runs=gateway_pb2_grpc.RunServiceStub(channel),
             tokens=auth_pb2_grpc.TokenServiceStub(channel),
+            credentials=credentials_pb2_grpc.CredentialServiceStub(channel),
             control=gateway_pb2_grpc.RunControlServiceStub(channel),
         )
 
