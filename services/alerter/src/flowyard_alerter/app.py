@@ -98,6 +98,9 @@ for _module in (
 SERVICE = "alerter"
 LAG_INTERVAL_SECONDS = 5.0
 SESSION_TIMEOUT_SECONDS = 10.0
+# Run events handled at once by one instance.
+PLANNERS = 4
+DRAIN_SECONDS = 10.0
 # A run event whose handling hit an unreachable MongoDB is tried this often (with 1, 2,
 # 4 ... s between) before it is dead-lettered.
 INFRASTRUCTURE_TRIES = 5
@@ -384,12 +387,19 @@ class Alerter:
 
     async def _close(self) -> None:
         try:
+            if self._app is not None and self._deliverer is not None:
+                # Attempts in flight publish their records while faust's producer runs.
+                await self._deliverer.drain(DRAIN_SECONDS)
             if self._app is not None:
                 # Stops intake, waits for the message in flight, flushes the producer,
                 # commits, then stops the consumer thread and cancels faust's tasks.
                 await self._app.stop()
             if self._stopped is not None:
                 await self._stopped
+            if self._deliverer is not None:
+                # Attempts still going: a few seconds to finish, else retried after the
+                # lease by whichever instance polls next.
+                await self._deliverer.drain(DRAIN_SECONDS)
         finally:
             self._app = None
             self._stopped = None
@@ -481,7 +491,11 @@ class Alerter:
                         "alerter: delivery of %r failed; the poller retries it", message.value
                     )
 
-        app.agent(run_events, name=f"{self.group}.run-events")(run_events_agent)
+        # Events of different runs are independent (each alert has its own key), so a few
+        # are planned at once; faust commits offsets only up to the oldest unfinished one.
+        app.agent(run_events, name=f"{self.group}.run-events", concurrency=PLANNERS)(
+            run_events_agent
+        )
         app.agent(deliveries, name=f"{self.group}.deliveries")(deliveries_agent)
         app.timer(self._lag_interval)(self._record_lag)
         app.timer(settings.alerts.poll_seconds)(self._poll)
@@ -507,10 +521,15 @@ class Alerter:
             log.exception("alerter: polling for due alerts failed; trying again")
 
     async def _publish_attempt(self, record: AttemptRecord) -> None:
+        if self._alerts_topic is None:  # stopping: the activity log has it anyway
+            return
         value = attempt_to_proto(record).SerializeToString()
         await self._alerts_topic.send(key=record.run_id.encode(), value=value, force=True)
 
     async def _dead_letter_alert(self, alert: Alert, reason: str) -> None:
+        if self._dead_letter_topic is None:
+            log.error("alerter: stopping; alert %s failed but is not dead-lettered", alert.alert_id)
+            return
         letter = events_pb2.DeadLetter(
             source_topic=self.deliveries_topic_name,
             partition=-1,

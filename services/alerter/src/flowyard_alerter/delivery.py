@@ -22,6 +22,7 @@ email's Message-ID, derived from the alert id, marks such a duplicate.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -49,6 +50,8 @@ from flowyard_alerter.senders import Outcome, SlackTarget, post_slack, send_emai
 log = logging.getLogger(__name__)
 
 SETTINGS_CACHE_SECONDS = 2.0
+# Attempts one alerter instance makes at once (each is one SMTP or Slack conversation).
+MAX_IN_FLIGHT = 16
 
 
 class RateLimiter(Protocol):
@@ -86,6 +89,7 @@ class Deliverer:
         on_attempt: RecordSink,
         dead_letter: DeadLetterSink,
         clock: Clock = _now,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._store = store
         self._senders = senders
@@ -97,26 +101,51 @@ class Deliverer:
         self._clock = clock
         self._backoff = Backoff(settings.backoff_seconds, 2.0, settings.backoff_max_seconds)
         self._cached: tuple[float, StoredAlertSettings] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def deliver(self, alert_id: str, attempts: int) -> None:
-        alert = await self._store.get_alert(alert_id)
-        if alert is None or alert.status is not DeliveryStatus.PENDING:
-            return
-        if alert.attempts != attempts:
-            return
-        wait = self._limiter.take(alert.recipient.destination, time.time())
-        if wait > 0:
-            # A little spread so a backlog for one channel does not come back all at once.
-            due = self._clock() + timedelta(seconds=wait + random.uniform(0, wait))
-            if await self._store.postpone_alert(alert.alert_id, attempts, due):
-                self._metrics.alerts_rate_limited.labels(alert.recipient.channel.value).inc()
-            return
+        """Claim the attempt and take a token here (in the caller's order, so the rate
+        limit's state changes only in the deliveries agent); the sending and recording
+        go on in the background, at most ``max_in_flight`` at once."""
         lease = self._clock() + timedelta(seconds=self._settings.lease_seconds)
-        claimed = await self._store.claim_alert(alert.alert_id, attempts, lease)
-        if claimed is None:
+        claimed = await self._store.claim_alert(alert_id, attempts, lease)
+        if claimed is None:  # sent meanwhile, or another hand-over took this attempt
             return
-        outcome = await self._send(claimed)
-        await self._record(claimed, outcome)
+        wait = self._limiter.take(claimed.recipient.destination, time.time())
+        if wait > 0:
+            # Not an attempt: give it back, due when the destination has a token again
+            # (plus a little spread so a backlog does not come back all at once).
+            due = self._clock() + timedelta(seconds=wait + random.uniform(0, wait))
+            if await self._store.release_alert(alert_id, claimed.attempts, due):
+                self._metrics.alerts_rate_limited.labels(claimed.recipient.channel.value).inc()
+            return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._attempt(claimed))
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # The alert stays claimed until its lease passes; then the poller retries it.
+            log.error("alerter: an attempt failed unexpectedly", exc_info=task.exception())
+
+    async def _attempt(self, alert: Alert) -> None:
+        outcome = await self._send(alert)
+        await self._record(alert, outcome)
+
+    async def drain(self, within: float) -> None:
+        """Wait up to ``within`` seconds for attempts in flight, then cancel the rest
+        (their alerts are retried after the lease)."""
+        if not self._in_flight:
+            return
+        _done, pending = await asyncio.wait(set(self._in_flight), timeout=within)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _send(self, alert: Alert) -> Outcome:
         stored = await self._stored_settings()
@@ -166,15 +195,17 @@ class Deliverer:
         attempt = alert.attempts  # the claim counted this attempt already
         channel = alert.recipient.channel.value
         latency = max(0.0, (now - alert.event_at).total_seconds())
+        undeliverable = ""
+        update: Awaitable[object]
         if outcome.delivered:
             status = DeliveryStatus.SENT
-            await self._store.finish_alert(alert.alert_id, attempt, status, now)
+            update = self._store.finish_alert(alert.alert_id, attempt, status, now)
             self._metrics.alerts_sent.labels(alert.kind.value, channel).inc()
             self._metrics.alert_delivery.labels(alert.kind.value, channel).observe(latency)
         elif not outcome.permanent and attempt < self._settings.max_attempts:
             status = DeliveryStatus.RETRYING
             due = now + timedelta(seconds=self._backoff.delay(attempt))
-            await self._store.retry_alert(alert.alert_id, attempt, due, outcome.error)
+            update = self._store.retry_alert(alert.alert_id, attempt, due, outcome.error)
             log.warning(
                 "alerter: attempt %d of %s failed, next at %s: %s",
                 attempt,
@@ -184,13 +215,12 @@ class Deliverer:
             )
         else:
             status = DeliveryStatus.FAILED
-            reason = outcome.error
+            undeliverable = outcome.error
             if not outcome.permanent:
-                reason = f"gave up after {attempt} attempts: {reason}"
-            await self._store.finish_alert(alert.alert_id, attempt, status, now, reason)
+                undeliverable = f"gave up after {attempt} attempts: {undeliverable}"
+            update = self._store.finish_alert(alert.alert_id, attempt, status, now, undeliverable)
             self._metrics.alerts_failed.labels(alert.kind.value, channel).inc()
-            log.error("alerter: alert %s undeliverable: %s", alert.alert_id, reason)
-            await self._dead_letter(alert, reason)
+            log.error("alerter: alert %s undeliverable: %s", alert.alert_id, undeliverable)
         record = AttemptRecord(
             attempt_id=uuid.uuid4().hex,
             alert_id=alert.alert_id,
@@ -207,7 +237,10 @@ class Deliverer:
             error="" if outcome.delivered else outcome.error,
             latency_seconds=latency,
         )
-        await self._store.record_attempt(record)
+        # The alert's new state and the activity record are independent documents.
+        await asyncio.gather(update, self._store.record_attempt(record))
+        if undeliverable:
+            await self._dead_letter(alert, undeliverable)
         await self._on_attempt(record)
 
 

@@ -16,7 +16,9 @@ to ``enqueue`` for delivery. Dry runs alert their subscribers only, not the poli
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +32,7 @@ from flowyard.domain.alerts import (
     AlertPolicy,
     DeliveryStatus,
     Recipient,
+    RunSubscription,
     RuntimeWatch,
     alert_id,
     recipients_for,
@@ -48,6 +51,8 @@ Enqueue = Callable[[Alert], Awaitable[None]]
 Clock = Callable[[], datetime]
 
 THRESHOLD_FAILURE = "threshold.failure"
+# Policies and run-after relations are re-read at most this often (seconds).
+CACHE_SECONDS = 1.0
 _KIND_OF_STATUS = {
     RunStatus.FAILED: AlertKind.FAILED,
     RunStatus.SUCCEEDED: AlertKind.SUCCEEDED,
@@ -70,6 +75,26 @@ def describe_trigger(trigger: TriggerInfo | None) -> str:
     return text
 
 
+class PolicyCache:
+    """Every alert policy, re-read when older than ``max_age`` seconds: one query a second
+    at most instead of one per event. A policy change reaches alerts within ``max_age``."""
+
+    def __init__(self, store: AlertStore, max_age: float) -> None:
+        self._store = store
+        self._max_age = max_age
+        self._policies: list[AlertPolicy] = []
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def covering(self, workflow_name: str, workflow_type: str) -> list[AlertPolicy]:
+        if time.monotonic() - self._read_at > self._max_age:
+            async with self._lock:
+                if time.monotonic() - self._read_at > self._max_age:
+                    self._policies = await self._store.list_policies()
+                    self._read_at = time.monotonic()
+        return [p for p in self._policies if p.covers(workflow_name, workflow_type)]
+
+
 class AlertPlanner:
     def __init__(
         self,
@@ -78,12 +103,19 @@ class AlertPlanner:
         settings: AlertSettings,
         enqueue: Enqueue,
         clock: Clock = _now,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
     ) -> None:
         self._alerts = alerts
         self._runs = runs
         self._settings = settings
         self._enqueue = enqueue
         self._clock = clock
+        self._policies = PolicyCache(alerts, cache_seconds)
+        self._cache_seconds = cache_seconds
+        self._after: dict[str, list[tuple[str, str]]] = {}
+        self._after_read_at = float("-inf")
+        self._after_lock = asyncio.Lock()
 
     # --- events ------------------------------------------------------------------------
 
@@ -109,7 +141,9 @@ class AlertPlanner:
         kind = _KIND_OF_STATUS.get(status)
         if kind is None:
             return
-        run = await self._runs.find_run(envelope.run_id)
+        run, subscriptions = await asyncio.gather(
+            self._runs.find_run(envelope.run_id), self._alerts.subscriptions_of(envelope.run_id)
+        )
         detail = ""
         if kind is AlertKind.STOPPED:
             who = change.actor or (run.stopped_by if run else "")
@@ -128,7 +162,7 @@ class AlertPlanner:
             detail=detail,
             test_run=bool(run and run.test),
         )
-        await self.raise_alert(context)
+        await self.raise_alert(context, subscriptions=subscriptions)
         if kind is AlertKind.FAILED and not context.test_run:
             await self._upstream_failed(context)
 
@@ -144,7 +178,9 @@ class AlertPlanner:
             detail = f"Query node {change.node_id} crossed its failure threshold."
         else:
             return
-        run = await self._runs.find_run(envelope.run_id)
+        run, subscriptions = await asyncio.gather(
+            self._runs.find_run(envelope.run_id), self._alerts.subscriptions_of(envelope.run_id)
+        )
         event_at = envelope.time.ToDatetime(tzinfo=UTC) if envelope.HasField("time") else None
         context = AlertContext(
             kind=AlertKind.QUERY,
@@ -160,13 +196,15 @@ class AlertPlanner:
             detail=detail,
             test_run=bool(run and run.test),
         )
-        await self.raise_alert(context, dedup_detail=f"{change.node_id}:{level}")
+        await self.raise_alert(
+            context, subscriptions=subscriptions, dedup_detail=f"{change.node_id}:{level}"
+        )
 
     # --- runtime -----------------------------------------------------------------------
 
     async def _watch_runtime(self, envelope: events_pb2.Envelope, started_at: datetime) -> None:
         change = envelope.run_status_changed
-        policies = await self._alerts.policies_covering(change.workflow_name, change.workflow_type)
+        policies = await self._policies.covering(change.workflow_name, change.workflow_type)
         for policy in policies:
             if policy.runtime_threshold_seconds <= 0:
                 continue
@@ -207,7 +245,7 @@ class AlertPlanner:
             )
             policies = [
                 p
-                for p in await self._alerts.policies_covering(run.workflow_name, run.workflow_type)
+                for p in await self._policies.covering(run.workflow_name, run.workflow_type)
                 if p.name == watch.policy
             ]
             await self.raise_alert(context, policies=policies)
@@ -223,7 +261,7 @@ class AlertPlanner:
             return
         delayed: dict[Recipient, list[str]] = {}
         for name, workflow_type in downstream:
-            policies = await self._alerts.policies_covering(name, workflow_type)
+            policies = await self._policies.covering(name, workflow_type)
             for recipient in recipients_for(AlertKind.UPSTREAM, name, workflow_type, policies):
                 delayed.setdefault(recipient, []).append(name)
         for recipient, names in sorted(delayed.items()):
@@ -247,19 +285,28 @@ class AlertPlanner:
             await self._queue(context, [recipient])
 
     async def _downstream_of(self, workflow_name: str) -> list[tuple[str, str]]:
+        """(name, type) of the active workflows whose trigger runs after ``workflow_name``."""
         if not workflow_name:
             return []
-        found: list[tuple[str, str]] = []
+        if time.monotonic() - self._after_read_at > self._cache_seconds:
+            async with self._after_lock:
+                if time.monotonic() - self._after_read_at > self._cache_seconds:
+                    self._after = await self._read_after()
+                    self._after_read_at = time.monotonic()
+        return self._after.get(workflow_name, [])
+
+    async def _read_after(self) -> dict[str, list[tuple[str, str]]]:
+        after: dict[str, list[tuple[str, str]]] = {}
         for workflow in await self._runs.list_workflows():
             if workflow.state is not WorkflowState.ACTIVE:
                 continue
             try:
-                after = parse_trigger(workflow.definition.trigger.config).after
+                upstream = parse_trigger(workflow.definition.trigger.config).after
             except (ValueError, StopIteration):  # an unreadable stored definition
                 continue
-            if after == workflow_name:
-                found.append((workflow.name, workflow.definition.type))
-        return found
+            if upstream:
+                after.setdefault(upstream, []).append((workflow.name, workflow.definition.type))
+        return after
 
     # --- queueing ----------------------------------------------------------------------
 
@@ -269,14 +316,14 @@ class AlertPlanner:
         *,
         dedup_detail: str = "",
         policies: Sequence[AlertPolicy] | None = None,
+        subscriptions: Sequence[RunSubscription] | None = None,
     ) -> None:
         """Queue ``context`` for everyone who gets it: the covering policies that want
         its kind (not for dry runs) and the run's subscribers."""
         if policies is None:
-            policies = await self._alerts.policies_covering(
-                context.workflow_name, context.workflow_type
-            )
-        subscriptions = await self._alerts.subscriptions_of(context.run_id)
+            policies = await self._policies.covering(context.workflow_name, context.workflow_type)
+        if subscriptions is None:
+            subscriptions = await self._alerts.subscriptions_of(context.run_id)
         recipients = recipients_for(
             context.kind,
             context.workflow_name,
@@ -292,8 +339,8 @@ class AlertPlanner:
     ) -> None:
         rendered = render(context, self._settings.run_link_base)
         now = self._clock()
-        for recipient in recipients:
-            alert = Alert(
+        alerts = [
+            Alert(
                 alert_id=alert_id(context.run_id, context.kind, recipient, dedup_detail),
                 run_id=context.run_id,
                 kind=context.kind,
@@ -308,18 +355,23 @@ class AlertPlanner:
                 # The poller's fallback should the hand-over to delivery get lost.
                 due_at=now + timedelta(seconds=self._settings.lease_seconds),
             )
-            if await self._alerts.insert_alert(alert):
-                await self._enqueue(alert)
-                continue
-            # Stored before: a redelivered event. Hand it over again only if it never got
-            # to its first attempt (the previous instance died in between).
-            existing = await self._alerts.get_alert(alert.alert_id)
-            if (
-                existing is not None
-                and existing.status is DeliveryStatus.PENDING
-                and existing.attempts == 0
-            ):
-                await self._enqueue(existing)
+            for recipient in recipients
+        ]
+        await asyncio.gather(*(self._store_and_hand_over(alert) for alert in alerts))
+
+    async def _store_and_hand_over(self, alert: Alert) -> None:
+        if await self._alerts.insert_alert(alert):
+            await self._enqueue(alert)
+            return
+        # Stored before: a redelivered event. Hand it over again only if it never got to
+        # its first attempt (the previous instance died in between).
+        existing = await self._alerts.get_alert(alert.alert_id)
+        if (
+            existing is not None
+            and existing.status is DeliveryStatus.PENDING
+            and existing.attempts == 0
+        ):
+            await self._enqueue(existing)
 
 
 def _running_now(run: RunState) -> str:

@@ -278,12 +278,13 @@ class AlertStore:
             raise InfrastructureError(f"MongoDB update failed: {exc}") from exc
         return None if doc is None else _alert_from_doc(doc)
 
-    async def postpone_alert(self, alert_id: str, attempts: int, due_at: datetime) -> bool:
-        """Move a pending alert's next try, unless an attempt was taken meanwhile."""
+    async def release_alert(self, alert_id: str, attempts: int, due_at: datetime) -> bool:
+        """Give back a claim that made no attempt (``attempts`` is the claimed count): the
+        alert is pending with one attempt fewer, due at ``due_at``."""
         return await self._update(
             self.alerts,
             {"_id": alert_id, "status": DeliveryStatus.PENDING.value, "attempts": attempts},
-            {"$set": {"due_at": due_at}},
+            {"$set": {"due_at": due_at, "attempts": attempts - 1}},
         )
 
     async def retry_alert(self, alert_id: str, attempts: int, due_at: datetime, error: str) -> None:
