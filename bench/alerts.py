@@ -103,6 +103,10 @@ class Sink:
             await asyncio.sleep(0.01)
 
 
+def start_alerter(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(Path(sys.executable).parent / "flowyard-alerter")], env=env)
+
+
 def failed_event(run_id: str) -> tuple[bytes, float]:
     envelope = codec.new_envelope(run_id, workflow_id="wf-bench", workflow_version=1)
     change = envelope.run_status_changed
@@ -160,7 +164,7 @@ async def main() -> None:
             "FLOWYARD_ALERT_RATE_PER_MINUTE": "1000000",
             "FLOWYARD_ALERT_RATE_BURST": "1000000",
         }
-        alerter = subprocess.Popen([str(Path(sys.executable).parent / "flowyard-alerter")], env=env)
+        alerter = start_alerter(env)
         producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=0)
         await producer.start()
         try:
@@ -176,9 +180,7 @@ async def main() -> None:
                 run_id = f"run-{unique}-{n:05d}"
                 value, sent_at = failed_event(run_id)
                 sent[run_id] = sent_at
-                await producer.send_and_wait(
-                    settings.topics.run_events, value, key=run_id.encode()
-                )
+                await producer.send_and_wait(settings.topics.run_events, value, key=run_id.encode())
                 pause = began + (n + 1) * interval - time.perf_counter()
                 if pause > 0:
                     await asyncio.sleep(pause)
