@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from flowyard import codec
+from flowyard.domain.json import MAX_DEPTH
 from flowyard.v1 import auth_pb2, gateway_pb2, run_pb2
 from flowyard_api_gateway.__main__ import MAX_MESSAGE_BYTES
 from google.protobuf.descriptor import MethodDescriptor
@@ -243,6 +244,45 @@ async def test_malformed_bytes_are_invalid_argument_naming_the_message_type(
         await flowyard.channel.unary_unary(path)(b"\x0a\x05ab", timeout=CALL_SECONDS)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "flowyard.v1.GetWorkflowRequest" in (refused.value.details() or "")
+
+
+async def test_data_a_run_cannot_carry_is_invalid_argument(flowyard: RunningFlowyard) -> None:
+    """A hand-made Value can hold NaN or an infinity, or nest deeper than the services can
+    pass on (json.MAX_DEPTH); the gateway refuses it rather than a run failing later."""
+    await apply(flowyard, guard_workflow("nan-target"))
+    deep: Any = 1
+    for _ in range(MAX_DEPTH + 1):
+        deep = {"a": deep}
+    for data, says in ((float("nan"), "not JSON"), (float("inf"), "not JSON"), (deep, "deeper")):
+        request = gateway_pb2.StartRunRequest(workflow="nan-target")
+        request.input.struct_value.update({"n": data})
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await flowyard.runs.StartRun(request, timeout=CALL_SECONDS)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert says in (refused.value.details() or "")
+
+
+async def test_an_output_the_services_cannot_pass_on_fails_its_task_and_the_run_ends(
+    flowyard: RunningFlowyard, eventually: Eventually
+) -> None:
+    source = f"result = 1\nfor _ in range({MAX_DEPTH + 5}):\n    result = {{'a': result}}"
+    await apply(
+        flowyard,
+        {
+            "name": "too-deep",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "deep", "type": "code", "config": {"source": source}},
+                {"id": "after", "type": "code", "config": {"source": "result = 1"}},
+            ],
+            "edges": [{"from": "start", "to": "deep"}, {"from": "deep", "to": "after"}],
+        },
+    )
+    started = await flowyard.runs.StartRun(gateway_pb2.StartRunRequest(workflow="too-deep"))
+    run = await finished_run(flowyard, started.run_id, eventually)
+    assert run.status == run_pb2.RUN_STATUS_FAILED
+    assert run.error.code == "task.output_not_json"
+    assert "nested deeper" in run.error.message
 
 
 async def test_messages_over_the_size_limit_are_refused_and_the_gateway_goes_on(

@@ -77,6 +77,8 @@ UNREADABLE_EVENTS: list[bytes | None] = [
     b'{"id": "x"}',
     b'{"id": 7, "type": "order.created"}',
     b'{"id": "' + b"i" * 300 + b'", "type": "order.created"}',
+    b'{"id": "n", "type": "order.created", "data": {"amount": NaN}}',
+    b'{"id": "i", "type": "order.created", "data": {"amount": 1e999}}',
 ]
 
 

@@ -21,6 +21,7 @@ from flowyard.domain.definition import (
     parse_definition,
 )
 from flowyard.domain.json import JsonObject, JsonValue
+from flowyard.domain.json import problem as json_problem
 from flowyard.domain.run import (
     Attempt,
     RunState,
@@ -48,6 +49,13 @@ def _restore_ints(value: JsonValue) -> JsonValue:
     return value
 
 
+def _message_to_json(message: struct_pb2.Value | struct_pb2.Struct) -> Any:
+    try:
+        return json_format.MessageToDict(message)
+    except ValueError as exc:  # "Fail to serialize NaN for Value.number_value ..."
+        raise DecodeError(f"not JSON: {exc}") from None
+
+
 def json_to_value(value: JsonValue) -> struct_pb2.Value:
     message = struct_pb2.Value()
     # ParseDict accepts any JSON value for a Value message; its stub says dict only.
@@ -56,7 +64,28 @@ def json_to_value(value: JsonValue) -> struct_pb2.Value:
 
 
 def value_to_json(message: struct_pb2.Value) -> JsonValue:
-    return _restore_ints(cast(JsonValue, json_format.MessageToDict(message)))
+    """The JSON value a ``Value`` holds; ``DecodeError`` when it holds a number JSON cannot
+    represent (NaN, an infinity), which only a hand-made message can carry."""
+    return _restore_ints(cast(JsonValue, _message_to_json(message)))
+
+
+def value_to_run_data(message: struct_pb2.Value) -> JsonValue:
+    """A ``Value`` from a client that becomes a run's data (trigger input, an output):
+    ``DecodeError`` unless it can travel through the services (see json.problem)."""
+    value = value_to_json(message)
+    found = json_problem(value)
+    if found:
+        raise DecodeError(f"not usable as a run's data: {found}")
+    return value
+
+
+def struct_to_run_data(message: struct_pb2.Struct) -> JsonObject:
+    """:func:`value_to_run_data` for a ``Struct`` (an object)."""
+    value = struct_to_json(message)
+    found = json_problem(value)
+    if found:
+        raise DecodeError(f"not usable as a run's data: {found}")
+    return value
 
 
 def json_to_struct(value: Mapping[str, JsonValue]) -> struct_pb2.Struct:
@@ -66,7 +95,7 @@ def json_to_struct(value: Mapping[str, JsonValue]) -> struct_pb2.Struct:
 
 
 def struct_to_json(message: struct_pb2.Struct) -> JsonObject:
-    restored = _restore_ints(json_format.MessageToDict(message))
+    restored = _restore_ints(_message_to_json(message))
     assert isinstance(restored, dict)
     return restored
 

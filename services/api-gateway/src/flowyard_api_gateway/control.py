@@ -114,7 +114,7 @@ class RunControlServicer(gateway_pb2_grpc.RunControlServiceServicer):
         self, request: gateway_pb2.SkipTaskRequest, context: Context
     ) -> gateway_pb2.CommandAccepted:
         _required(request, "run_id", "node_id")
-        output = codec.value_to_json(request.output) if request.HasField("output") else None
+        output = codec.value_to_run_data(request.output) if request.HasField("output") else None
         command = self._command(request, "skip_task", node_id=request.node_id, output=output)
         return await self._send(request.run_id, command)
 
@@ -133,7 +133,7 @@ class RunControlServicer(gateway_pb2_grpc.RunControlServiceServicer):
         _required(request, "run_id", "kind")
         _checked_common(request)
         parameters: Mapping[str, JsonValue] = (
-            codec.struct_to_json(request.parameters) if request.HasField("parameters") else {}
+            codec.struct_to_run_data(request.parameters) if request.HasField("parameters") else {}
         )
         run = await self._store.get_run(request.run_id)
         command_id = request.request_id or uuid.uuid4().hex
@@ -170,7 +170,7 @@ class RunControlServicer(gateway_pb2_grpc.RunControlServiceServicer):
         _checked_common(request)
         original = await self._store.get_run(request.run_id)
         data = (
-            codec.value_to_json(request.input)
+            codec.value_to_run_data(request.input)
             if request.HasField("input")
             else original.trigger.data
         )

@@ -1,7 +1,8 @@
 """Translate Flowyard errors into gRPC statuses at the edge.
 
 DefinitionError -> INVALID_ARGUMENT with a google.rpc.BadRequest listing each problem
-(field = the node, edge or field named); NotFoundError -> NOT_FOUND; AlreadyExistsError ->
+(field = the node, edge or field named); DecodeError (a request value that is not JSON, e.g.
+a NaN in a ``Value``) -> INVALID_ARGUMENT; NotFoundError -> NOT_FOUND; AlreadyExistsError ->
 ALREADY_EXISTS; WorkflowStateError -> FAILED_PRECONDITION; ConflictError -> ABORTED;
 InfrastructureError -> UNAVAILABLE. Anything else is a bug: INTERNAL, logged.
 """
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from flowyard.errors import (
     ConflictError,
+    DecodeError,
     DefinitionError,
     FlowyardError,
     InfrastructureError,
@@ -61,6 +63,8 @@ def status_for(exc: Exception) -> status_pb2.Status:
             ]
         )
         return _status(code_pb2.INVALID_ARGUMENT, str(exc), details)
+    if isinstance(exc, DecodeError):
+        return _status(code_pb2.INVALID_ARGUMENT, f"the request cannot be read: {exc}")
     if isinstance(exc, NotFoundError):
         return _status(code_pb2.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExistsError):

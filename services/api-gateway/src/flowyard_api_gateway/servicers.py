@@ -195,7 +195,7 @@ class WorkflowServicer(WebhookSecretMethods, gateway_pb2_grpc.WorkflowServiceSer
         definition = codec.definition_from_proto(request.definition)
         trigger = TriggerInfo(
             kind=TriggerKind.API,
-            data=codec.value_to_json(request.input) if request.HasField("input") else {},
+            data=codec.value_to_run_data(request.input) if request.HasField("input") else {},
             detail="gRPC DryRunWorkflow",
             started_by=caller_name(request.started_by or "anonymous"),
         )
@@ -241,7 +241,7 @@ class RunServicer(gateway_pb2_grpc.RunServiceServicer):
             )
         trigger = TriggerInfo(
             kind=TriggerKind.API,
-            data=codec.value_to_json(request.input) if request.HasField("input") else {},
+            data=codec.value_to_run_data(request.input) if request.HasField("input") else {},
             detail="gRPC StartRun",
             started_by=caller_name(request.started_by or "anonymous"),
             idempotency_key=request.idempotency_key,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from flowyard.adapters.kafka import Publisher
 from flowyard.adapters.mongo import MongoStore
 from flowyard.adapters.trigger_store import TriggerStore
 from flowyard.config import Settings
+from flowyard.domain.json import loads as strict_json
 from flowyard.domain.run import TriggerInfo, TriggerKind
 from flowyard.domain.triggers import idempotent_run_id
 from flowyard.errors import InfrastructureError, WorkflowNotFoundError
@@ -144,8 +144,8 @@ class WebhookServer:
                 "workflow's webhook secret>",
             )
         try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = strict_json(body)  # NaN, Infinity and 1e999 are not JSON either
+        except ValueError as exc:
             return _error(400, f"the body is not valid JSON: {exc}")
         key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
         if len(key) > MAX_IDEMPOTENCY_KEY:

@@ -25,6 +25,7 @@ from flowyard.adapters.kafka import Publisher, Record
 from flowyard.adapters.mongo import MongoStore
 from flowyard.config import Settings
 from flowyard.domain.engine import CANCELLED_CODE
+from flowyard.domain.json import problem as json_problem
 from flowyard.domain.run import Attempt, TaskError, TaskStatus
 from flowyard.errors import DecodeError, InfrastructureError
 from flowyard.metrics import ServiceMetrics
@@ -33,6 +34,23 @@ from flowyard.v1 import events_pb2
 from flowyard_executor.actions import Actions
 from flowyard_executor.log_sink import LogSink
 from flowyard_executor.nodes import NodeOutcome
+
+OUTPUT_NOT_JSON = "task.output_not_json"
+
+
+def deliverable(outcome: NodeOutcome) -> NodeOutcome:
+    """``outcome``, or a failure when its output cannot travel to the scheduler as a run's
+    data (a NaN or nesting deeper than json.MAX_DEPTH, e.g. a document a query node read):
+    the task fails here with the reason, instead of an event the scheduler cannot read."""
+    found = json_problem(outcome.output)
+    if not found:
+        return outcome
+    return replace(
+        outcome,
+        output=None,
+        error=TaskError(OUTPUT_NOT_JSON, f"the node's output cannot be passed on: {found}"),
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +163,7 @@ class Executor:
             self._running.pop(key, None)
             heartbeat.cancel()
             self._metrics.tasks_in_flight.dec()
+        outcome = deliverable(outcome)
         finished = replace(
             attempt,
             status=TaskStatus.FAILED if outcome.error else TaskStatus.SUCCEEDED,

@@ -14,7 +14,6 @@ itself (``trigger.data`` is the event's data); its trigger detail is the event i
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from flowyard.adapters.kafka import Publisher, Record
 from flowyard.adapters.mongo import MongoStore
 from flowyard.config import Settings
 from flowyard.domain.json import JsonObject
+from flowyard.domain.json import loads as strict_json
 from flowyard.domain.run import TriggerInfo, TriggerKind
 from flowyard.domain.triggers import derived_run_id, event_matches
 from flowyard.errors import DecodeError
@@ -45,8 +45,8 @@ def parse_event(value: bytes | None) -> JsonObject:
     if not value:
         raise DecodeError("event is empty; expected a JSON object with id and type")
     try:
-        event = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        event = strict_json(value)  # NaN, Infinity and 1e999 are not JSON either
+    except ValueError as exc:
         raise DecodeError(f"event is not valid JSON: {exc}") from exc
     if not isinstance(event, dict):
         raise DecodeError(f"event must be a JSON object, not {type(event).__name__}")
@@ -54,7 +54,7 @@ def parse_event(value: bytes | None) -> JsonObject:
         value_of = event.get(attribute)
         if not isinstance(value_of, str) or not value_of.strip():
             raise DecodeError(f"event has no {attribute!r} (a non-empty string is required)")
-    if len(event["id"]) > MAX_ID_LENGTH:
+    if len(str(event["id"])) > MAX_ID_LENGTH:  # a str: checked above
         raise DecodeError(f"event id is longer than {MAX_ID_LENGTH} characters")
     return event
 

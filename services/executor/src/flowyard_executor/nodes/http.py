@@ -10,11 +10,11 @@ workflow's services was down.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import cast
 
 import httpx
 from flowyard.domain.json import JsonObject, JsonValue
+from flowyard.domain.json import loads as strict_json
 from flowyard.domain.node_config import config_problems
 from flowyard.domain.run import TaskError
 
@@ -123,7 +123,7 @@ def _outcome(config: JsonObject, target: str, response: httpx.Response, raw: byt
     body: JsonValue = text
     if raw and _is_json(response.headers.get("content-type", "")):
         try:
-            body = cast(JsonValue, json.loads(text))
+            body = strict_json(text)  # NaN, Infinity and 1e999 are not JSON either
         except ValueError as exc:
             warnings = (f"the response says it is JSON but is not ({exc}); kept as text",)
     output: JsonValue = {
