@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiosmtpd.controller import Controller
 from flowyard import codec
 from flowyard.cli import main as cli
@@ -163,6 +164,26 @@ async def activity(
     return list(response.attempts)
 
 
+async def read_alert_attempts(settings: Settings, count: int) -> list[alerts_pb2.AlertAttempt]:
+    """The first ``count`` attempts published on this test's alerts topic."""
+    consumer = AIOKafkaConsumer(
+        settings.topics.alerts,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    found: list[alerts_pb2.AlertAttempt] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(found) < count:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found.extend(alerts_pb2.AlertAttempt.FromString(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return found
+
+
 def violation_fields(error: grpc.aio.AioRpcError) -> str:
     return error.details() or ""
 
@@ -273,6 +294,13 @@ async def test_failed_and_succeeded_alerts_follow_policies_and_subscriptions(
         assert {a.recipient for a in emails} == {f"wins@{DOMAIN}", f"watcher@{DOMAIN}"}
 
     await eventually(logged, within=10)
+
+    # Each attempt is also published on flowyard.alerts.
+    published = await read_alert_attempts(flowyard.settings, 5)
+    assert {(a.run_id, a.recipient) for a in published if a.run_id == failing} == {
+        (failing, f"ops@{DOMAIN}"),
+        (failing, "#billing-ops"),
+    }
 
     sample = alerter.metrics.registry.get_sample_value
     assert sample("flowyard_alerts_sent_total", {"kind": "failed", "channel": "email"}) == 1

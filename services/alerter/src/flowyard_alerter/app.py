@@ -11,8 +11,8 @@ The flow of one alert::
     run-events (keyed by run) --run-events agent--> AlertPlanner
         decides kind + recipients, stores each alert under its dedup key (MongoDB)
         --> <group>-deliveries (faust topic, keyed by destination: "email:a@b", "slack:#ops")
-        --deliveries agent--> Deliverer: rate limit (faust table) -> claim -> send -> record
-    timer (FLOWYARD_ALERT_POLL_SECONDS) --> Poller: retries and lost hand-overs that are
+        --deliveries agent--> Deliverer: claim -> rate limit (faust table) -> send -> record
+    poll loop (FLOWYARD_ALERT_POLL_SECONDS) --> Poller: retries and lost hand-overs that are
         due, runtime watches whose threshold passed
 
 Why this split: exactly-once per (run, kind, recipient) needs a unique key that survives
@@ -325,6 +325,7 @@ class Alerter:
         self._deliverer: Deliverer | None = None
         self._poller: Poller | None = None
         self._store: AlertStore | None = None
+        self._polling: asyncio.Task[None] | None = None
         self._senders: Senders | None = None
 
     @property
@@ -348,6 +349,9 @@ class Alerter:
         # Resolves when faust stops or crashes (a crash in any of its services or in the
         # consumer thread marks the whole app crashed); awaited again in _close.
         self._stopped = asyncio.create_task(self._app.wait_until_stopped())
+        # Our own loop rather than a faust timer: a slow poll (a backlog of retries) delays
+        # the next one instead of overlapping it.
+        self._polling = asyncio.create_task(self._poll_loop())
         log.info("alerter: consuming %s as group %s", self.settings.topics.run_events, self.group)
         return self
 
@@ -386,6 +390,11 @@ class Alerter:
             raise InfrastructureError(f"alerter: faust app ended unexpectedly: {reason!r}")
 
     async def _close(self) -> None:
+        if self._polling is not None:
+            self._polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._polling
+            self._polling = None
         try:
             if self._app is not None and self._deliverer is not None:
                 # Attempts in flight publish their records while faust's producer runs.
@@ -498,7 +507,6 @@ class Alerter:
         )
         app.agent(deliveries, name=f"{self.group}.deliveries")(deliveries_agent)
         app.timer(self._lag_interval)(self._record_lag)
-        app.timer(settings.alerts.poll_seconds)(self._poll)
         return app
 
     # --- hand-overs --------------------------------------------------------------------
@@ -513,12 +521,14 @@ class Alerter:
         # force=True: send now, not as an attachment released at commit time.
         await self._deliveries_topic.send(key=key, value=value, force=True)
 
-    async def _poll(self) -> None:
+    async def _poll_loop(self) -> None:
         assert self._poller is not None
-        try:
-            await self._poller.poll()
-        except Exception:
-            log.exception("alerter: polling for due alerts failed; trying again")
+        while True:
+            await asyncio.sleep(self.settings.alerts.poll_seconds)
+            try:
+                await self._poller.poll()
+            except Exception:
+                log.exception("alerter: polling for due alerts failed; trying again")
 
     async def _publish_attempt(self, record: AttemptRecord) -> None:
         if self._alerts_topic is None:  # stopping: the activity log has it anyway
