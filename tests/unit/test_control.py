@@ -223,3 +223,18 @@ def test_compare_shows_status_and_output_differences() -> None:
     diff = {t.node_id: t for t in compare_runs(failed, ok)}
     assert diff["b"].status is TaskStatus.FAILED and diff["b"].other_status is TaskStatus.SUCCEEDED
     assert not diff["a"].output_differs and diff["b"].output_differs
+
+
+def test_stopping_a_run_stops_the_child_run_its_task_waits_for() -> None:
+    d = workflow(
+        [{"id": "call", "type": "run_workflow", "config": {"workflow": "child", "wait": True}}],
+        chain("start", "call"),
+    )
+    run = begin(d).run
+    child_id = run.task("call").child_run_id
+    assert status(run, "call") is TaskStatus.RUNNING and child_id
+    decision = apply_command(run, d, cmd("stop"), T0)
+    (stop,) = effects_of(decision, engine.StopChildRun)
+    assert (stop.child_run_id, stop.actor) == (child_id, "dana")
+    assert decision.run.status is RunStatus.STOPPED
+    assert status(decision.run, "call") is TaskStatus.CANCELLED

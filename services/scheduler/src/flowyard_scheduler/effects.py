@@ -15,6 +15,7 @@ from flowyard.adapters.mongo import MongoStore
 from flowyard.adapters.mongo_documents import StoredTimer
 from flowyard.config import Topics
 from flowyard.domain import engine
+from flowyard.domain.control import Command
 from flowyard.domain.definition import WorkflowDefinition
 from flowyard.domain.run import RunState, RunStatus, TaskStatus, TriggerInfo, TriggerKind
 from flowyard.metrics import ServiceMetrics
@@ -70,6 +71,16 @@ class EffectPublisher:
                 messages.append((self._topics.run_events, run.run_id, event))
             elif isinstance(effect, engine.StartChildRun):
                 messages.append((self._topics.triggers, effect.child.run_id, _child(run, effect)))
+            elif isinstance(effect, engine.StopChildRun):
+                stop = Command(
+                    "stop",
+                    actor=effect.actor,
+                    command_id=f"stop-with-parent-{effect.parent_run_id}",
+                    comment=f"its parent run {effect.parent_run_id} was stopped",
+                )
+                envelope = codec.new_envelope(effect.child_run_id)
+                envelope.run_command.CopyFrom(codec.command_to_proto(stop))
+                messages.append((self._topics.commands, effect.child_run_id, envelope))
             elif isinstance(effect, engine.CancelTask):
                 messages.append((self._topics.tasks, run.run_id, _cancel(run, effect)))
             else:

@@ -22,6 +22,7 @@ from flowyard.domain.effects import (
     Decision,
     Effect,
     RunStatusChanged,
+    StopChildRun,
     TaskStatusChanged,
 )
 from flowyard.domain.json import JsonValue
@@ -211,6 +212,8 @@ def _stop(
             if node.type.runs_on_executor:
                 effects.append(CancelTask(task.node_id, task.attempt))
                 continue  # cancelled when the executor reports the killed attempt
+            if task.child_run_id:  # the child run this task waits for stops too
+                effects.append(StopChildRun(task.child_run_id, command.actor, run.run_id))
             run = _cancel(run, task, now, effects)
         elif task.in_flight and task.status is TaskStatus.PENDING:
             effects.append(CancelTask(task.node_id, task.attempt))

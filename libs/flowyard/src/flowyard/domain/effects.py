@@ -79,6 +79,15 @@ class CancelTask:
 
 
 @dataclass(frozen=True)
+class StopChildRun:
+    """Stop the child run a stopped parent task was waiting for."""
+
+    child_run_id: str
+    actor: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
 class StartChildRun:
     child: inline.ChildRun
     parent: ParentLink
@@ -100,6 +109,7 @@ Effect = (
     | ScheduleTimer
     | CancelTimers
     | CancelTask
+    | StopChildRun
     | StartChildRun
     | NotifyParent
 )
