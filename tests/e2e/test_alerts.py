@@ -22,7 +22,9 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiosmtpd.controller import Controller
+from cryptography.fernet import Fernet
 from flowyard import codec
+from flowyard.adapters.alert_store import AlertStore
 from flowyard.cli import main as cli
 from flowyard.config import Settings
 from flowyard.domain.definition import parse_definition
@@ -49,6 +51,8 @@ def settings(settings: Settings, outside: Outside) -> Settings:
     configured = outside.configure(settings)
     return replace(
         configured,
+        # The gateway keeps a stored Slack bot token as an encrypted credential.
+        credentials_key=Fernet.generate_key().decode(),
         alerts=replace(
             configured.alerts,
             run_link_base=LINK_BASE,
@@ -667,6 +671,14 @@ async def test_an_undeliverable_alert_is_dead_lettered_and_logged_as_failed(
     outside: Outside,
     eventually: Eventually,
 ) -> None:
+    # A bot token must be a credential that exists, or a bot token (kept as a credential).
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await alerts.SetSlackSettings(K.SetSlackSettingsRequest(bot_token_credential="nope"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no credential named 'nope'" in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await alerts.SetSlackSettings(K.SetSlackSettingsRequest(bot_token="xoxp-user-token"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # A stored workspace token Slack does not accept: refused for good (invalid_auth).
     answer = await alerts.SetSlackSettings(
         K.SetSlackSettingsRequest(
@@ -674,7 +686,12 @@ async def test_an_undeliverable_alert_is_dead_lettered_and_logged_as_failed(
         )
     )
     assert answer.slack.source == "stored" and answer.slack.workspace == "acme"
+    assert answer.slack.token_credential == "alerts_slack_bot_token"
     assert "revoked" not in str(answer)
+    # Kept encrypted: the stored document holds no token.
+    async with AlertStore.connect(settings.mongo_url, settings.mongo_db) as store:
+        stored = await store.get_settings()
+    assert stored.slack is not None and "revoked" not in repr(stored)
     await alerts.SetAlertPolicy(policy("ops", workflow_type="billing", slack_channels=["#ops"]))
     await apply(flowyard, workflow("charge-cards", "billing", [http_to(outside.closed_port)]))
     run_id = await start(flowyard, "charge-cards")

@@ -71,6 +71,7 @@ from aiokafka.errors import KafkaError as AioKafkaError
 # importing App here keeps that off the event loop.
 from faust import App
 from flowyard.adapters.alert_store import AlertStore
+from flowyard.adapters.credentials import CredentialStore, cipher_from_key
 from flowyard.adapters.kafka import Record
 from flowyard.adapters.mongo import MongoStore
 from flowyard.alert_codec import attempt_to_proto
@@ -325,6 +326,7 @@ class Alerter:
         self._deliverer: Deliverer | None = None
         self._poller: Poller | None = None
         self._store: AlertStore | None = None
+        self._credentials: CredentialStore | None = None
         self._polling: asyncio.Task[None] | None = None
         self._senders: Senders | None = None
 
@@ -366,10 +368,13 @@ class Alerter:
     async def _open_resources(self) -> None:
         settings = self.settings
         stack = self._resources
-        alerts = await stack.enter_async_context(
-            AlertStore.connect(settings.mongo_url, settings.mongo_db)
-        )
         runs = await stack.enter_async_context(MongoStore(settings.mongo_url, settings.mongo_db))
+        alerts = AlertStore(runs.database)
+        await alerts.ensure_indexes()
+        # Only to read the Slack bot token credential (FLOWYARD_CREDENTIALS_KEY).
+        self._credentials = CredentialStore(
+            runs.database, cipher_from_key(settings.credentials_key)
+        )
         http = await stack.enter_async_context(httpx.AsyncClient())
         self._store = alerts
         self._planner = AlertPlanner(alerts, runs, settings.alerts, self.enqueue)
@@ -460,6 +465,7 @@ class Alerter:
         self._deliveries_topic = deliveries
         rate_table = app.Table("alert-rate", default=None, partitions=settings.topic_partitions)
         assert self._store is not None and self._senders is not None
+        assert self._credentials is not None
         self._deliverer = Deliverer(
             self._store,
             self._senders,
@@ -470,6 +476,7 @@ class Alerter:
             ),
             on_attempt=self._publish_attempt,
             dead_letter=self._dead_letter_alert,
+            credentials=self._credentials,
         )
         handler = self.handler
         deliverer = self._deliverer

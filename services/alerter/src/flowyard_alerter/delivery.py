@@ -33,7 +33,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import httpx
-from flowyard.adapters.alert_store import AlertStore, StoredAlertSettings
+from flowyard.adapters.alert_store import AlertStore, StoredAlertSettings, StoredSlack
+from flowyard.adapters.credentials import CredentialStore
 from flowyard.config import AlertSettings, SlackSettings, SmtpSettings
 from flowyard.domain.alerts import (
     Alert,
@@ -43,13 +44,16 @@ from flowyard.domain.alerts import (
     DeliveryStatus,
     email_problem,
 )
+from flowyard.domain.credentials import CredentialError
 from flowyard.metrics import ServiceMetrics
 
 from flowyard_alerter.senders import Outcome, SlackTarget, post_slack, send_email
 
 log = logging.getLogger(__name__)
 
-SETTINGS_CACHE_SECONDS = 2.0
+# Stored settings (allowed domains, the Slack workspace and its token) are re-read at
+# most this often.
+CACHE_SECONDS = 2.0
 # Attempts one alerter instance makes at once (each is one SMTP or Slack conversation).
 MAX_IN_FLIGHT = 16
 
@@ -88,10 +92,12 @@ class Deliverer:
         *,
         on_attempt: RecordSink,
         dead_letter: DeadLetterSink,
+        credentials: CredentialStore | None = None,
         clock: Clock = _now,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._store = store
+        self._credentials = credentials
         self._senders = senders
         self._settings = settings
         self._metrics = metrics
@@ -101,6 +107,7 @@ class Deliverer:
         self._clock = clock
         self._backoff = Backoff(settings.backoff_seconds, 2.0, settings.backoff_max_seconds)
         self._cached: tuple[float, StoredAlertSettings] | None = None
+        self._slack_cache: tuple[float, StoredSlack, SlackTarget] | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -164,9 +171,12 @@ class Deliverer:
                     alert.body,
                     limit_seconds=timeout,
                 )
+            target = await self._slack_target(stored)
+            if isinstance(target, Outcome):
+                return target
             return await post_slack(
                 self._senders.http,
-                self._slack_target(stored),
+                target,
                 recipient.address,
                 alert.slack_text,
                 limit_seconds=timeout,
@@ -175,18 +185,33 @@ class Deliverer:
             log.exception("alerter: sending %s failed unexpectedly", alert.alert_id)
             return Outcome.retry(f"unexpected {type(exc).__name__}: {exc}")
 
-    def _slack_target(self, stored: StoredAlertSettings) -> SlackTarget:
-        if stored.slack is not None and stored.slack.bot_token:
-            return SlackTarget(
-                api_url=stored.slack.api_url or self._senders.slack.api_url,
-                bot_token=stored.slack.bot_token,
-                workspace=stored.slack.workspace,
-            )
-        return SlackTarget(self._senders.slack.api_url, self._senders.slack.bot_token)
+    async def _slack_target(self, stored: StoredAlertSettings) -> SlackTarget | Outcome:
+        """The stored workspace with its bot token credential, else the environment's."""
+        if stored.slack is None or not stored.slack.token_credential:
+            return SlackTarget(self._senders.slack.api_url, self._senders.slack.bot_token)
+        name = stored.slack.token_credential
+        now = time.monotonic()
+        cached = self._slack_cache
+        if cached is not None and cached[1] == stored.slack and now - cached[0] < CACHE_SECONDS:
+            return cached[2]
+        if self._credentials is None:
+            return Outcome.retry(f"no credential store to read Slack's bot token {name!r}")
+        try:
+            token = (await self._credentials.values([name]))[name]
+        except CredentialError as exc:
+            # Worth retrying: the key or the credential may be fixed meanwhile.
+            return Outcome.retry(f"Slack bot token credential {name!r}: {exc}")
+        target = SlackTarget(
+            api_url=stored.slack.api_url or self._senders.slack.api_url,
+            bot_token=token,
+            workspace=stored.slack.workspace,
+        )
+        self._slack_cache = (now, stored.slack, target)
+        return target
 
     async def _stored_settings(self) -> StoredAlertSettings:
         now = time.monotonic()
-        if self._cached is None or now - self._cached[0] > SETTINGS_CACHE_SECONDS:
+        if self._cached is None or now - self._cached[0] > CACHE_SECONDS:
             self._cached = (now, await self._store.get_settings())
         return self._cached[1]
 

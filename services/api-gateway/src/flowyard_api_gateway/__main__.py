@@ -159,7 +159,7 @@ def build_server(
         credentials_pb2.DESCRIPTOR.services_by_name["CredentialService"].full_name,
     ]
     services.append(history_service)
-    services.append(add_alert_service(server, store, settings.slack))
+    services.append(add_alert_service(server, store, settings))
     for name in [*services, ""]:
         asyncio.get_running_loop().create_task(
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 from flowyard.adapters.alert_store import AlertStore, StoredSlack, new_subscription_id
+from flowyard.adapters.credentials import CredentialStore, cipher_from_key
 from flowyard.adapters.mongo import MongoStore
 from flowyard.alert_codec import (
     CHANNEL_FROM_PROTO,
@@ -26,7 +27,7 @@ from flowyard.alert_codec import (
     policy_to_proto,
     subscription_to_proto,
 )
-from flowyard.config import SlackSettings
+from flowyard.config import Settings, SlackSettings
 from flowyard.domain.alerts import (
     ActivityFilter,
     Problem,
@@ -36,12 +37,14 @@ from flowyard.domain.alerts import (
     policy_problems,
     recipient_problems,
 )
+from flowyard.domain.credentials import check_credential_name
 from flowyard.errors import NotFoundError, RunNotFoundError, WorkflowStateError
 from flowyard.v1 import alerts_pb2, alerts_pb2_grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from flowyard_api_gateway.auth import caller_name
 from flowyard_api_gateway.errors import InvalidRequestError, translate_errors
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,6 +52,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 SLACK_TOKEN_PREFIXES = ("xoxb-",)
+# The credential an inline bot token is stored as.
+SLACK_TOKEN_CREDENTIAL = "alerts_slack_bot_token"
 
 
 class AlertProblemsError(Exception):
@@ -88,9 +93,10 @@ def _refuse_problems(
     return wrapper
 
 
-def add_alert_service(server: grpc.aio.Server, store: MongoStore, slack: SlackSettings) -> str:
+def add_alert_service(server: grpc.aio.Server, store: MongoStore, settings: Settings) -> str:
     """Register AlertService on ``server``; its full name (for health and reflection)."""
-    servicer = AlertServicer(AlertStore(store.database), store, slack)
+    credentials = CredentialStore(store.database, cipher_from_key(settings.credentials_key))
+    servicer = AlertServicer(AlertStore(store.database), store, settings.slack, credentials)
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(servicer, server)
     return alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name
 
@@ -101,10 +107,17 @@ async def prepare_alerts(store: MongoStore) -> None:
 
 
 class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
-    def __init__(self, alerts: AlertStore, runs: MongoStore, slack: SlackSettings) -> None:
+    def __init__(
+        self,
+        alerts: AlertStore,
+        runs: MongoStore,
+        slack: SlackSettings,
+        credentials: CredentialStore,
+    ) -> None:
         self._alerts = alerts
         self._runs = runs
         self._slack_env = slack
+        self._credentials = credentials
 
     # --- policies ----------------------------------------------------------------------
 
@@ -124,7 +137,10 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
         if problems:
             raise AlertProblemsError([replace(p, field=f"policy.{p.field}") for p in problems])
         now = datetime.now(UTC)
-        stored = await self._alerts.put_policy(replace(policy, created_at=now, updated_at=now))
+        who = caller_name(fallback=policy.updated_by or "anonymous")
+        stored = await self._alerts.put_policy(
+            replace(policy, created_at=now, updated_at=now, updated_by=who)
+        )
         return policy_to_proto(stored)
 
     @translate_errors
@@ -148,12 +164,13 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
 
     async def _settings(self) -> alerts_pb2.AlertSettings:
         stored = await self._alerts.get_settings()
-        if stored.slack is not None and stored.slack.bot_token:
+        if stored.slack is not None:
             slack = alerts_pb2.SlackWorkspace(
                 workspace=stored.slack.workspace,
                 api_url=stored.slack.api_url or self._slack_env.api_url,
-                token_configured=True,
+                token_configured=bool(stored.slack.token_credential),
                 source="stored",
+                token_credential=stored.slack.token_credential,
             )
         else:
             slack = alerts_pb2.SlackWorkspace(
@@ -202,16 +219,47 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
     async def SetSlackSettings(
         self, request: alerts_pb2.SetSlackSettingsRequest, context: Context
     ) -> alerts_pb2.AlertSettings:
+        """The bot token is kept as a credential (encrypted, never returned): given inline
+        it is stored as ``alerts_slack_bot_token``; or an existing credential is named."""
         if request.clear:
             await self._alerts.set_slack(None)
             return await self._settings()
         current = (await self._alerts.get_settings()).slack
-        token = request.bot_token.strip() or (current.bot_token if current else "")
-        if not token:
-            raise InvalidRequestError("bot_token", "is required (a Slack bot token, xoxb-...)")
-        if not token.startswith(SLACK_TOKEN_PREFIXES):
+        token = request.bot_token.strip()
+        named = request.bot_token_credential.strip()
+        if token and named:
+            raise InvalidRequestError("bot_token", "give bot_token or bot_token_credential")
+        if token and not token.startswith(SLACK_TOKEN_PREFIXES):
             raise InvalidRequestError(
                 "bot_token", "must be a bot token (xoxb-...): alerts post as a bot, never as a user"
+            )
+        if named:
+            problem = check_credential_name(named)
+            if problem:
+                raise InvalidRequestError("bot_token_credential", f"{named!r}: {problem}")
+            if named not in {c.name for c in await self._credentials.list_credentials()}:
+                raise InvalidRequestError(
+                    "bot_token_credential",
+                    f"no credential named {named!r} (flowyard credential set {named})",
+                )
+        elif token:
+            if not self._credentials.can_encrypt:
+                raise WorkflowStateError(
+                    "the gateway has no FLOWYARD_CREDENTIALS_KEY to store the bot token "
+                    "encrypted; set it, or name an existing credential"
+                )
+            await self._credentials.set(
+                SLACK_TOKEN_CREDENTIAL,
+                token,
+                description="Slack bot token for alerts",
+                by=caller_name(),
+            )
+            named = SLACK_TOKEN_CREDENTIAL
+        else:
+            named = current.token_credential if current else ""
+        if not named:
+            raise InvalidRequestError(
+                "bot_token", "is required (a Slack bot token, xoxb-..., or bot_token_credential)"
             )
         api_url = request.api_url.strip().rstrip("/")
         if api_url and not api_url.startswith(("http://", "https://")):
@@ -220,7 +268,7 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
             StoredSlack(
                 workspace=request.workspace.strip() or (current.workspace if current else ""),
                 api_url=api_url or (current.api_url if current else ""),
-                bot_token=token,
+                token_credential=named,
             )
         )
         return await self._settings()
@@ -253,7 +301,7 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
                 run_id=run.run_id,
                 emails=tuple(emails),
                 slack_channels=tuple(channels),
-                subscriber=request.subscriber,
+                subscriber=caller_name(fallback=request.subscriber or "anonymous"),
                 created_at=datetime.now(UTC),
             )
         )

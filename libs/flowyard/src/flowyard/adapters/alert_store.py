@@ -6,7 +6,8 @@ Collections:
 | collection | ``_id`` | what |
 |---|---|---|
 | alert_policies | policy name | :class:`AlertPolicy` |
-| alert_settings | "alerts" | allowed email domains; the stored Slack workspace and token |
+| alert_settings | "alerts" | allowed email domains; the Slack workspace (its bot token is |
+|   |   | a credential, named here) |
 | alert_subscriptions | uuid | :class:`RunSubscription`, indexed by run |
 | alerts | the dedup key (:func:`alert_id`) | one alert to one recipient, its status, attempts, |
 |   |   | next due time: the unique ``_id`` is what makes it exactly one |
@@ -57,9 +58,11 @@ MAX_ACTIVITY_PAGE = 500
 
 @dataclass(frozen=True)
 class StoredSlack:
+    """The installation's Slack workspace; the bot token is a credential, named here."""
+
     workspace: str
     api_url: str
-    bot_token: str
+    token_credential: str
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class AlertStore:
             slack=StoredSlack(
                 workspace=slack.get("workspace", ""),
                 api_url=slack.get("api_url", ""),
-                bot_token=slack.get("bot_token", ""),
+                token_credential=slack.get("token_credential", ""),
             )
             if slack
             else None,
@@ -211,7 +214,7 @@ class AlertStore:
                 value = {
                     "workspace": slack.workspace,
                     "api_url": slack.api_url,
-                    "bot_token": slack.bot_token,
+                    "token_credential": slack.token_credential,
                 }
                 await self.settings.update_one(
                     {"_id": SETTINGS_ID}, {"$set": {"slack": value}}, upsert=True

@@ -121,6 +121,8 @@ def render_settings(settings: alerts_pb2.AlertSettings) -> str:
     domains = ", ".join(settings.allowed_domains) or "(none: no email alerts can be sent)"
     slack = settings.slack
     token = "configured" if slack.token_configured else "NOT configured"
+    if slack.token_credential:
+        token += f" (credential {slack.token_credential})"
     workspace = slack.workspace or "-"
     return "\n".join(
         [
@@ -238,7 +240,7 @@ def slack(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
         token = os.environ.get(args.token_env, "").strip()
         if not token:
             raise AlertUsageError(f"--token-env: ${args.token_env} is not set")
-    changing = args.clear or token or args.workspace or args.api_url
+    changing = args.clear or token or args.token_credential or args.workspace or args.api_url
     if not changing:
         settings = _call(gateway, "GetAlertSettings", alerts_pb2.GetAlertSettingsRequest())
     else:
@@ -248,6 +250,7 @@ def slack(args: argparse.Namespace, gateway: rpc.Gateway) -> int:
             alerts_pb2.SetSlackSettingsRequest(
                 workspace=args.workspace or "",
                 bot_token=token,
+                bot_token_credential=args.token_credential or "",
                 api_url=args.api_url or "",
                 clear=args.clear,
             ),
@@ -390,12 +393,18 @@ def add_alert_commands(groups: Any, common: argparse.ArgumentParser) -> None:
         help="show or set the Slack workspace alerts post to (one per installation)",
         description="Without options, shows the settings. The bot token (xoxb-...) is read "
         "from standard input or an environment variable, never from the command line, and "
-        "is never shown again.",
+        "is stored encrypted as the credential alerts_slack_bot_token (never shown again); "
+        "or name a credential that holds it.",
     )
     sl.add_argument("--workspace", metavar="NAME")
     given = sl.add_mutually_exclusive_group()
     given.add_argument("--token-stdin", action="store_true", help="read the bot token from stdin")
     given.add_argument("--token-env", metavar="VAR", help="read the bot token from $VAR")
+    given.add_argument(
+        "--token-credential",
+        metavar="NAME",
+        help="use the bot token stored as credential NAME (flowyard credential set)",
+    )
     sl.add_argument("--api-url", metavar="URL", help="default https://slack.com/api")
     sl.add_argument("--clear", action="store_true", help="forget the stored workspace")
     sl.set_defaults(handler=_guarded(slack))

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowyard/v1/alerts.proto\x12\x0b\x66lowyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0b\x41lertPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12\x10\n\x08workflow\x18\x03 \x01(\t\x12\x0e\n\x06\x65mails\x18\x04 \x03(\t\x12\x16\n\x0eslack_channels\x18\x05 \x03(\t\x12%\n\x05kinds\x18\x06 \x03(\x0e\x32\x16.flowyard.v1.AlertKind\x12!\n\x19runtime_threshold_seconds\x18\x07 \x01(\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\n \x01(\t\"A\n\x15SetAlertPolicyRequest\x12(\n\x06policy\x18\x01 \x01(\x0b\x32\x18.flowyard.v1.AlertPolicy\"C\n\x18ListAlertPoliciesRequest\x12\x15\n\rworkflow_type\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\"G\n\x19ListAlertPoliciesResponse\x12*\n\x08policies\x18\x01 \x03(\x0b\x32\x18.flowyard.v1.AlertPolicy\"(\n\x18\x44\x65leteAlertPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteAlertPolicyResponse\"^\n\x0eSlackWorkspace\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_url\x18\x02 \x01(\t\x12\x18\n\x10token_configured\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\"T\n\rAlertSettings\x12\x17\n\x0f\x61llowed_domains\x18\x01 \x03(\t\x12*\n\x05slack\x18\x02 \x01(\x0b\x32\x1b.flowyard.v1.SlackWorkspace\"\x19\n\x17GetAlertSettingsRequest\"7\n\x18SetAllowedDomainsRequest\x12\x0b\n\x03\x61\x64\x64\x18\x01 \x03(\t\x12\x0e\n\x06remove\x18\x02 \x03(\t\"_\n\x17SetSlackSettingsRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\x11\n\tbot_token\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_url\x18\x03 \x01(\t\x12\r\n\x05\x63lear\x18\x04 \x01(\x08\"\xa6\x01\n\x0fRunSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65mails\x18\x03 \x03(\t\x12\x16\n\x0eslack_channels\x18\x04 \x03(\t\x12\x12\n\nsubscriber\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x15SubscribeToRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65mails\x18\x02 \x03(\t\x12\x16\n\x0eslack_channels\x18\x03 \x03(\t\x12\x12\n\nsubscriber\x18\x04 \x01(\t\"-\n\x1bListRunSubscriptionsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"S\n\x1cListRunSubscriptionsResponse\x12\x33\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1c.flowyard.v1.RunSubscription\"4\n\x19UnsubscribeFromRunRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"\x1c\n\x1aUnsubscribeFromRunResponse\"\xfb\x02\n\x0c\x41lertAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.flowyard.v1.AlertKind\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x15\n\rworkflow_name\x18\x05 \x01(\t\x12\x15\n\rworkflow_type\x18\x06 \x01(\t\x12*\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x19.flowyard.v1.AlertChannel\x12\x11\n\trecipient\x18\x08 \x01(\t\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06status\x18\n \x01(\x0e\x32 .flowyard.v1.AlertDeliveryStatus\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\x05\x12\x0f\n\x07subject\x18\r \x01(\t\x12\x17\n\x0flatency_seconds\x18\x0e \x01(\x01\"\xf6\x01\n\x18ListAlertActivityRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.flowyard.v1.AlertKind\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .flowyard.v1.AlertDeliveryStatus\x12*\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x19.flowyard.v1.AlertChannel\x12\x10\n\x08workflow\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\r\n\x05limit\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"a\n\x19ListAlertActivityResponse\x12+\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x19.flowyard.v1.AlertAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb7\x01\n\tAlertKind\x12\x1a\n\x16\x41LERT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41LERT_KIND_FAILED\x10\x01\x12\x18\n\x14\x41LERT_KIND_SUCCEEDED\x10\x02\x12\x16\n\x12\x41LERT_KIND_RUNTIME\x10\x03\x12\x14\n\x10\x41LERT_KIND_QUERY\x10\x04\x12\x16\n\x12\x41LERT_KIND_STOPPED\x10\x05\x12\x17\n\x13\x41LERT_KIND_UPSTREAM\x10\x06*_\n\x0c\x41lertChannel\x12\x1d\n\x19\x41LERT_CHANNEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_CHANNEL_EMAIL\x10\x01\x12\x17\n\x13\x41LERT_CHANNEL_SLACK\x10\x02*\xa2\x01\n\x13\x41lertDeliveryStatus\x12%\n!ALERT_DELIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41LERT_DELIVERY_STATUS_SENT\x10\x01\x12\"\n\x1e\x41LERT_DELIVERY_STATUS_RETRYING\x10\x02\x12 \n\x1c\x41LERT_DELIVERY_STATUS_FAILED\x10\x03\x32\xb6\x07\n\x0c\x41lertService\x12N\n\x0eSetAlertPolicy\x12\".flowyard.v1.SetAlertPolicyRequest\x1a\x18.flowyard.v1.AlertPolicy\x12\x62\n\x11ListAlertPolicies\x12%.flowyard.v1.ListAlertPoliciesRequest\x1a&.flowyard.v1.ListAlertPoliciesResponse\x12\x62\n\x11\x44\x65leteAlertPolicy\x12%.flowyard.v1.DeleteAlertPolicyRequest\x1a&.flowyard.v1.DeleteAlertPolicyResponse\x12T\n\x10GetAlertSettings\x12$.flowyard.v1.GetAlertSettingsRequest\x1a\x1a.flowyard.v1.AlertSettings\x12V\n\x11SetAllowedDomains\x12%.flowyard.v1.SetAllowedDomainsRequest\x1a\x1a.flowyard.v1.AlertSettings\x12T\n\x10SetSlackSettings\x12$.flowyard.v1.SetSlackSettingsRequest\x1a\x1a.flowyard.v1.AlertSettings\x12R\n\x0eSubscribeToRun\x12\".flowyard.v1.SubscribeToRunRequest\x1a\x1c.flowyard.v1.RunSubscription\x12k\n\x14ListRunSubscriptions\x12(.flowyard.v1.ListRunSubscriptionsRequest\x1a).flowyard.v1.ListRunSubscriptionsResponse\x12\x65\n\x12UnsubscribeFromRun\x12&.flowyard.v1.UnsubscribeFromRunRequest\x1a\'.flowyard.v1.UnsubscribeFromRunResponse\x12\x62\n\x11ListAlertActivity\x12%.flowyard.v1.ListAlertActivityRequest\x1a&.flowyard.v1.ListAlertActivityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66lowyard/v1/alerts.proto\x12\x0b\x66lowyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0b\x41lertPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12\x10\n\x08workflow\x18\x03 \x01(\t\x12\x0e\n\x06\x65mails\x18\x04 \x03(\t\x12\x16\n\x0eslack_channels\x18\x05 \x03(\t\x12%\n\x05kinds\x18\x06 \x03(\x0e\x32\x16.flowyard.v1.AlertKind\x12!\n\x19runtime_threshold_seconds\x18\x07 \x01(\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\n \x01(\t\"A\n\x15SetAlertPolicyRequest\x12(\n\x06policy\x18\x01 \x01(\x0b\x32\x18.flowyard.v1.AlertPolicy\"C\n\x18ListAlertPoliciesRequest\x12\x15\n\rworkflow_type\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\"G\n\x19ListAlertPoliciesResponse\x12*\n\x08policies\x18\x01 \x03(\x0b\x32\x18.flowyard.v1.AlertPolicy\"(\n\x18\x44\x65leteAlertPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteAlertPolicyResponse\"x\n\x0eSlackWorkspace\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_url\x18\x02 \x01(\t\x12\x18\n\x10token_configured\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x18\n\x10token_credential\x18\x05 \x01(\t\"T\n\rAlertSettings\x12\x17\n\x0f\x61llowed_domains\x18\x01 \x03(\t\x12*\n\x05slack\x18\x02 \x01(\x0b\x32\x1b.flowyard.v1.SlackWorkspace\"\x19\n\x17GetAlertSettingsRequest\"7\n\x18SetAllowedDomainsRequest\x12\x0b\n\x03\x61\x64\x64\x18\x01 \x03(\t\x12\x0e\n\x06remove\x18\x02 \x03(\t\"}\n\x17SetSlackSettingsRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\x11\n\tbot_token\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_url\x18\x03 \x01(\t\x12\r\n\x05\x63lear\x18\x04 \x01(\x08\x12\x1c\n\x14\x62ot_token_credential\x18\x05 \x01(\t\"\xa6\x01\n\x0fRunSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65mails\x18\x03 \x03(\t\x12\x16\n\x0eslack_channels\x18\x04 \x03(\t\x12\x12\n\nsubscriber\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x15SubscribeToRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65mails\x18\x02 \x03(\t\x12\x16\n\x0eslack_channels\x18\x03 \x03(\t\x12\x12\n\nsubscriber\x18\x04 \x01(\t\"-\n\x1bListRunSubscriptionsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"S\n\x1cListRunSubscriptionsResponse\x12\x33\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1c.flowyard.v1.RunSubscription\"4\n\x19UnsubscribeFromRunRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"\x1c\n\x1aUnsubscribeFromRunResponse\"\xfb\x02\n\x0c\x41lertAttempt\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.flowyard.v1.AlertKind\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x15\n\rworkflow_name\x18\x05 \x01(\t\x12\x15\n\rworkflow_type\x18\x06 \x01(\t\x12*\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x19.flowyard.v1.AlertChannel\x12\x11\n\trecipient\x18\x08 \x01(\t\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06status\x18\n \x01(\x0e\x32 .flowyard.v1.AlertDeliveryStatus\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\x05\x12\x0f\n\x07subject\x18\r \x01(\t\x12\x17\n\x0flatency_seconds\x18\x0e \x01(\x01\"\xf6\x01\n\x18ListAlertActivityRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.flowyard.v1.AlertKind\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .flowyard.v1.AlertDeliveryStatus\x12*\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x19.flowyard.v1.AlertChannel\x12\x10\n\x08workflow\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\r\n\x05limit\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"a\n\x19ListAlertActivityResponse\x12+\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x19.flowyard.v1.AlertAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb7\x01\n\tAlertKind\x12\x1a\n\x16\x41LERT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41LERT_KIND_FAILED\x10\x01\x12\x18\n\x14\x41LERT_KIND_SUCCEEDED\x10\x02\x12\x16\n\x12\x41LERT_KIND_RUNTIME\x10\x03\x12\x14\n\x10\x41LERT_KIND_QUERY\x10\x04\x12\x16\n\x12\x41LERT_KIND_STOPPED\x10\x05\x12\x17\n\x13\x41LERT_KIND_UPSTREAM\x10\x06*_\n\x0c\x41lertChannel\x12\x1d\n\x19\x41LERT_CHANNEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_CHANNEL_EMAIL\x10\x01\x12\x17\n\x13\x41LERT_CHANNEL_SLACK\x10\x02*\xa2\x01\n\x13\x41lertDeliveryStatus\x12%\n!ALERT_DELIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41LERT_DELIVERY_STATUS_SENT\x10\x01\x12\"\n\x1e\x41LERT_DELIVERY_STATUS_RETRYING\x10\x02\x12 \n\x1c\x41LERT_DELIVERY_STATUS_FAILED\x10\x03\x32\xb6\x07\n\x0c\x41lertService\x12N\n\x0eSetAlertPolicy\x12\".flowyard.v1.SetAlertPolicyRequest\x1a\x18.flowyard.v1.AlertPolicy\x12\x62\n\x11ListAlertPolicies\x12%.flowyard.v1.ListAlertPoliciesRequest\x1a&.flowyard.v1.ListAlertPoliciesResponse\x12\x62\n\x11\x44\x65leteAlertPolicy\x12%.flowyard.v1.DeleteAlertPolicyRequest\x1a&.flowyard.v1.DeleteAlertPolicyResponse\x12T\n\x10GetAlertSettings\x12$.flowyard.v1.GetAlertSettingsRequest\x1a\x1a.flowyard.v1.AlertSettings\x12V\n\x11SetAllowedDomains\x12%.flowyard.v1.SetAllowedDomainsRequest\x1a\x1a.flowyard.v1.AlertSettings\x12T\n\x10SetSlackSettings\x12$.flowyard.v1.SetSlackSettingsRequest\x1a\x1a.flowyard.v1.AlertSettings\x12R\n\x0eSubscribeToRun\x12\".flowyard.v1.SubscribeToRunRequest\x1a\x1c.flowyard.v1.RunSubscription\x12k\n\x14ListRunSubscriptions\x12(.flowyard.v1.ListRunSubscriptionsRequest\x1a).flowyard.v1.ListRunSubscriptionsResponse\x12\x65\n\x12UnsubscribeFromRun\x12&.flowyard.v1.UnsubscribeFromRunRequest\x1a\'.flowyard.v1.UnsubscribeFromRunResponse\x12\x62\n\x11ListAlertActivity\x12%.flowyard.v1.ListAlertActivityRequest\x1a&.flowyard.v1.ListAlertActivityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowyard.v1.alerts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALERTKIND']._serialized_start=2235
-  _globals['_ALERTKIND']._serialized_end=2418
-  _globals['_ALERTCHANNEL']._serialized_start=2420
-  _globals['_ALERTCHANNEL']._serialized_end=2515
-  _globals['_ALERTDELIVERYSTATUS']._serialized_start=2518
-  _globals['_ALERTDELIVERYSTATUS']._serialized_end=2680
+  _globals['_ALERTKIND']._serialized_start=2291
+  _globals['_ALERTKIND']._serialized_end=2474
+  _globals['_ALERTCHANNEL']._serialized_start=2476
+  _globals['_ALERTCHANNEL']._serialized_end=2571
+  _globals['_ALERTDELIVERYSTATUS']._serialized_start=2574
+  _globals['_ALERTDELIVERYSTATUS']._serialized_end=2736
   _globals['_ALERTPOLICY']._serialized_start=75
   _globals['_ALERTPOLICY']._serialized_end=373
   _globals['_SETALERTPOLICYREQUEST']._serialized_start=375
@@ -51,33 +51,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEALERTPOLICYRESPONSE']._serialized_start=626
   _globals['_DELETEALERTPOLICYRESPONSE']._serialized_end=653
   _globals['_SLACKWORKSPACE']._serialized_start=655
-  _globals['_SLACKWORKSPACE']._serialized_end=749
-  _globals['_ALERTSETTINGS']._serialized_start=751
-  _globals['_ALERTSETTINGS']._serialized_end=835
-  _globals['_GETALERTSETTINGSREQUEST']._serialized_start=837
-  _globals['_GETALERTSETTINGSREQUEST']._serialized_end=862
-  _globals['_SETALLOWEDDOMAINSREQUEST']._serialized_start=864
-  _globals['_SETALLOWEDDOMAINSREQUEST']._serialized_end=919
-  _globals['_SETSLACKSETTINGSREQUEST']._serialized_start=921
-  _globals['_SETSLACKSETTINGSREQUEST']._serialized_end=1016
-  _globals['_RUNSUBSCRIPTION']._serialized_start=1019
-  _globals['_RUNSUBSCRIPTION']._serialized_end=1185
-  _globals['_SUBSCRIBETORUNREQUEST']._serialized_start=1187
-  _globals['_SUBSCRIBETORUNREQUEST']._serialized_end=1286
-  _globals['_LISTRUNSUBSCRIPTIONSREQUEST']._serialized_start=1288
-  _globals['_LISTRUNSUBSCRIPTIONSREQUEST']._serialized_end=1333
-  _globals['_LISTRUNSUBSCRIPTIONSRESPONSE']._serialized_start=1335
-  _globals['_LISTRUNSUBSCRIPTIONSRESPONSE']._serialized_end=1418
-  _globals['_UNSUBSCRIBEFROMRUNREQUEST']._serialized_start=1420
-  _globals['_UNSUBSCRIBEFROMRUNREQUEST']._serialized_end=1472
-  _globals['_UNSUBSCRIBEFROMRUNRESPONSE']._serialized_start=1474
-  _globals['_UNSUBSCRIBEFROMRUNRESPONSE']._serialized_end=1502
-  _globals['_ALERTATTEMPT']._serialized_start=1505
-  _globals['_ALERTATTEMPT']._serialized_end=1884
-  _globals['_LISTALERTACTIVITYREQUEST']._serialized_start=1887
-  _globals['_LISTALERTACTIVITYREQUEST']._serialized_end=2133
-  _globals['_LISTALERTACTIVITYRESPONSE']._serialized_start=2135
-  _globals['_LISTALERTACTIVITYRESPONSE']._serialized_end=2232
-  _globals['_ALERTSERVICE']._serialized_start=2683
-  _globals['_ALERTSERVICE']._serialized_end=3633
+  _globals['_SLACKWORKSPACE']._serialized_end=775
+  _globals['_ALERTSETTINGS']._serialized_start=777
+  _globals['_ALERTSETTINGS']._serialized_end=861
+  _globals['_GETALERTSETTINGSREQUEST']._serialized_start=863
+  _globals['_GETALERTSETTINGSREQUEST']._serialized_end=888
+  _globals['_SETALLOWEDDOMAINSREQUEST']._serialized_start=890
+  _globals['_SETALLOWEDDOMAINSREQUEST']._serialized_end=945
+  _globals['_SETSLACKSETTINGSREQUEST']._serialized_start=947
+  _globals['_SETSLACKSETTINGSREQUEST']._serialized_end=1072
+  _globals['_RUNSUBSCRIPTION']._serialized_start=1075
+  _globals['_RUNSUBSCRIPTION']._serialized_end=1241
+  _globals['_SUBSCRIBETORUNREQUEST']._serialized_start=1243
+  _globals['_SUBSCRIBETORUNREQUEST']._serialized_end=1342
+  _globals['_LISTRUNSUBSCRIPTIONSREQUEST']._serialized_start=1344
+  _globals['_LISTRUNSUBSCRIPTIONSREQUEST']._serialized_end=1389
+  _globals['_LISTRUNSUBSCRIPTIONSRESPONSE']._serialized_start=1391
+  _globals['_LISTRUNSUBSCRIPTIONSRESPONSE']._serialized_end=1474
+  _globals['_UNSUBSCRIBEFROMRUNREQUEST']._serialized_start=1476
+  _globals['_UNSUBSCRIBEFROMRUNREQUEST']._serialized_end=1528
+  _globals['_UNSUBSCRIBEFROMRUNRESPONSE']._serialized_start=1530
+  _globals['_UNSUBSCRIBEFROMRUNRESPONSE']._serialized_end=1558
+  _globals['_ALERTATTEMPT']._serialized_start=1561
+  _globals['_ALERTATTEMPT']._serialized_end=1940
+  _globals['_LISTALERTACTIVITYREQUEST']._serialized_start=1943
+  _globals['_LISTALERTACTIVITYREQUEST']._serialized_end=2189
+  _globals['_LISTALERTACTIVITYRESPONSE']._serialized_start=2191
+  _globals['_LISTALERTACTIVITYRESPONSE']._serialized_end=2288
+  _globals['_ALERTSERVICE']._serialized_start=2739
+  _globals['_ALERTSERVICE']._serialized_end=3689
 # @@protoc_insertion_point(module_scope)

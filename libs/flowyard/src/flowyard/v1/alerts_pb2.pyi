@@ -259,12 +259,15 @@ class SlackWorkspace(_message.Message):
     API_URL_FIELD_NUMBER: _builtins.int
     TOKEN_CONFIGURED_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    TOKEN_CREDENTIAL_FIELD_NUMBER: _builtins.int
     workspace: _builtins.str
     api_url: _builtins.str
     token_configured: _builtins.bool
-    """Whether a bot token is set (stored here or in FLOWYARD_SLACK_BOT_TOKEN)."""
+    """Whether a bot token is set (a credential, or FLOWYARD_SLACK_BOT_TOKEN)."""
     source: _builtins.str
     """"stored" (set through SetSlackSettings) or "environment"."""
+    token_credential: _builtins.str
+    """The credential (CredentialService) holding the bot token, when stored."""
     def __init__(
         self,
         *,
@@ -272,10 +275,11 @@ class SlackWorkspace(_message.Message):
         api_url: _builtins.str = ...,
         token_configured: _builtins.bool = ...,
         source: _builtins.str = ...,
+        token_credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_url", b"api_url", "source", b"source", "token_configured", b"token_configured", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_url", b"api_url", "source", b"source", "token_configured", b"token_configured", "token_credential", b"token_credential", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,14 +356,20 @@ class SetSlackSettingsRequest(_message.Message):
     BOT_TOKEN_FIELD_NUMBER: _builtins.int
     API_URL_FIELD_NUMBER: _builtins.int
     CLEAR_FIELD_NUMBER: _builtins.int
+    BOT_TOKEN_CREDENTIAL_FIELD_NUMBER: _builtins.int
     workspace: _builtins.str
     """One workspace per installation: this replaces the stored one."""
     bot_token: _builtins.str
-    """xoxb-...; empty keeps the stored token."""
+    """xoxb-...: stored encrypted as the credential "alerts_slack_bot_token" (needs
+    FLOWYARD_CREDENTIALS_KEY on the gateway). Empty (and no bot_token_credential) keeps
+    the stored token.
+    """
     api_url: _builtins.str
     """Empty = https://slack.com/api."""
     clear: _builtins.bool
     """Forget the stored settings (the environment's apply again)."""
+    bot_token_credential: _builtins.str
+    """Or: the name of an existing credential that holds the bot token."""
     def __init__(
         self,
         *,
@@ -367,10 +377,11 @@ class SetSlackSettingsRequest(_message.Message):
         bot_token: _builtins.str = ...,
         api_url: _builtins.str = ...,
         clear: _builtins.bool = ...,
+        bot_token_credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_url", b"api_url", "bot_token", b"bot_token", "clear", b"clear", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_url", b"api_url", "bot_token", b"bot_token", "bot_token_credential", b"bot_token_credential", "clear", b"clear", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
