@@ -141,7 +141,9 @@ FILE_SIZE_LIMIT = 10 * 1024 * 1024
 """RLIMIT_FSIZE of a code node's process: the largest file it may write."""
 
 NPROC_HEADROOM = 16
-"""RLIMIT_NPROC of a code node's process: this many more than its user runs at start-up."""
+"""RLIMIT_NPROC of a code node's process: this many more processes and threads than its
+user runs at start-up. In a ``bwrap`` sandbox that user is counted in the sandbox's own user
+namespace (the kernel counts per namespace), so the limit is the task's alone."""
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 _RUNNER_PATH = str(RUNNER)
