@@ -193,7 +193,7 @@ def test_task_input_holds_trigger_both_contexts_and_upstream_outputs_by_node_id(
     assert engine.task_input(after_a.run, d, "b") == dispatch_b.input
 
 
-def test_task_started_marks_the_task_running_on_its_executor_with_a_lease() -> None:
+def test_task_started_marks_the_task_running_on_its_executor() -> None:
     d = linear()
     run = begin(d).run
     decision = started(run, d, "a", executor="ex-9", now=T0 + timedelta(seconds=2))
@@ -202,9 +202,8 @@ def test_task_started_marks_the_task_running_on_its_executor_with_a_lease() -> N
     assert task.executor_id == "ex-9"
     assert task.started_at == T0 + timedelta(seconds=2)
     assert engine.TaskStatusChanged("a", TaskStatus.RUNNING, 1) in decision.effects
-    assert timers(decision) == [
-        engine.ScheduleTimer("a", 1, engine.TimerKind.LEASE, T0 + timedelta(seconds=32))
-    ]
+    # No timer write for a task without a timeout: the first heartbeat makes the lease.
+    assert timers(decision) == []
 
 
 def test_a_linear_run_succeeds_when_its_last_task_succeeds() -> None:
@@ -218,7 +217,7 @@ def test_a_linear_run_succeeds_when_its_last_task_succeeds() -> None:
     assert done.run.task("b").output == {"total": 2}
     assert engine.RunStatusChanged(RunStatus.RUNNING, RunStatus.SUCCEEDED) in done.effects
     assert engine.CancelTimers() in done.effects
-    assert engine.CancelTimers("b") in done.effects
+    assert engine.CancelTimers("b") not in done.effects  # it had no deadline to drop
     assert engine.run_output(done.run, d) == {"b": {"total": 2}}
 
 
@@ -871,7 +870,7 @@ def test_a_node_with_a_timeout_gets_a_deadline_timer_when_it_starts() -> None:
 def test_a_node_without_a_timeout_gets_no_deadline_timer() -> None:
     d = linear()
     decision = started(begin(d).run, d, "a")
-    assert [t.kind for t in timers(decision)] == [engine.TimerKind.LEASE]
+    assert [t.kind for t in timers(decision)] == []
 
 
 def test_the_deadline_timer_fails_the_attempt_with_task_timeout() -> None:

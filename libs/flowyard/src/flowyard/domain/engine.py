@@ -157,7 +157,10 @@ def task_started(
     if not task.dispatched:
         return Decision(run)
     running = replace(transition_task(task, TaskStatus.RUNNING, now), executor_id=executor_id)
-    effects: list[Effect] = [TaskStatusChanged(node_id, TaskStatus.RUNNING, attempt), lease]
+    # No lease yet: the executor's first heartbeat creates it. A short task thus costs no
+    # timer writes, and an executor dying before its first heartbeat leaves the dispatch
+    # uncommitted in Kafka, which hands it to another executor.
+    effects: list[Effect] = [TaskStatusChanged(node_id, TaskStatus.RUNNING, attempt)]
     if node.timeout_seconds:
         deadline = now + timedelta(seconds=node.timeout_seconds) + timing.deadline_grace
         effects.append(ScheduleTimer(node_id, attempt, TimerKind.DEADLINE, deadline))
@@ -185,11 +188,15 @@ def task_succeeded(
         due_at=None,
     )
     run = _with_task(run, done)
-    effects: list[Effect] = [
-        TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt),
-        CancelTimers(node_id),
-    ]
+    effects: list[Effect] = [TaskStatusChanged(node_id, TaskStatus.SUCCEEDED, attempt)]
+    effects.extend(_drop_deadline(definition, node_id))
     return _advance(run, definition, now, effects)
+
+
+def _drop_deadline(definition: WorkflowDefinition, node_id: str) -> list[Effect]:
+    """Timers of a finished attempt. Only a deadline is worth a delete: a heartbeat's
+    lease left behind fires once and finds the attempt finished."""
+    return [CancelTimers(node_id)] if definition.node(node_id).timeout_seconds else []
 
 
 def task_failed(
@@ -205,7 +212,7 @@ def task_failed(
     task = run.tasks.get(node_id)
     if task is None or task.attempt != attempt or not task.in_flight:
         return Decision(run)
-    effects: list[Effect] = [CancelTimers(node_id)]
+    effects: list[Effect] = _drop_deadline(definition, node_id)
     run = _fail_attempt(run, definition, task, error, now, effects, output)
     return _advance(run, definition, now, effects)
 
