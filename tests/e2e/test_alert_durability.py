@@ -122,6 +122,8 @@ class AlerterProcesses:
             "FLOWYARD_SLACK_BOT_TOKEN": slack.token,
             "FLOWYARD_ALERT_POLL_SECONDS": "0.2",
             "FLOWYARD_ALERT_LEASE_SECONDS": "2",
+            # An attempt's claim lasts its send timeout + 10 s: 12 s here.
+            "FLOWYARD_ALERT_SEND_TIMEOUT_SECONDS": "2",
             "FLOWYARD_ALERT_BACKOFF_SECONDS": "0.3",
             "FLOWYARD_ALERT_RATE_PER_MINUTE": "6000",
             "FLOWYARD_ALERT_RATE_BURST": "100",
@@ -185,6 +187,7 @@ async def publish(settings: Settings, run_ids: list[str]) -> None:
         await producer.stop()
 
 
+@pytest.mark.timeout(240)
 async def test_an_alerter_killed_mid_stream_sends_each_alert_exactly_once(
     settings: Settings,
     smtp: GatedSmtp,
@@ -210,7 +213,7 @@ async def test_an_alerter_killed_mid_stream_sends_each_alert_exactly_once(
 
         # Mid-stream: some alerts out, the next ones held in their SMTP or Slack
         # conversation. Once the alerter has recorded what the servers took, kill it.
-        await eventually(lambda: _check(freeze.frozen.is_set()), within=90)
+        await eventually(lambda: _check(freeze.frozen.is_set()), within=60)
 
         async def taken_ones_recorded() -> None:
             taken = len(smtp.messages) + len(slack.accepted)
@@ -231,7 +234,7 @@ async def test_an_alerter_killed_mid_stream_sends_each_alert_exactly_once(
             assert mailed == run_ids, mailed
             assert posted == run_ids, posted
 
-        await eventually(each_once, within=120)
+        await eventually(each_once, within=90)
         # Long enough for any lease to pass and any late duplicate to show.
         await asyncio.sleep(4)
         each_once()

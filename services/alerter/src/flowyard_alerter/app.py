@@ -498,7 +498,8 @@ class Alerter:
                 )
                 try:
                     alert_id, attempts = parse_delivery_message(message.value)
-                    await deliverer.deliver(alert_id, attempts)
+                    destination = (message.key or b"").decode(errors="replace")
+                    await deliverer.deliver(alert_id, attempts, destination)
                 except DecodeError as exc:
                     await self.dead_letter(record, str(exc))
                 except Exception:
@@ -525,8 +526,10 @@ class Alerter:
     async def enqueue(self, alert: Alert) -> None:
         """Hand ``alert`` to the deliveries agent owning its destination."""
         key, value = delivery_message(alert)
-        # force=True: send now, not as an attachment released at commit time.
-        await self._deliveries_topic.send(key=key, value=value, force=True)
+        # force=True: send now, not as an attachment released at commit time; and wait for
+        # the broker, so a run event is acknowledged only once its alerts are handed over.
+        sent = await self._deliveries_topic.send(key=key, value=value, force=True)
+        await sent
 
     async def _poll_loop(self) -> None:
         assert self._poller is not None

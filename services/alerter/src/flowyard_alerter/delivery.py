@@ -1,15 +1,15 @@
 """One delivery attempt of one queued alert (A8), and the poller that brings alerts back.
 
-:meth:`Deliverer.deliver` is called with an alert id and the number of attempts the alert
-had when it was handed over:
+:meth:`Deliverer.deliver` is called by the deliveries agent with an alert id, the number
+of attempts the alert had when it was handed over, and its destination (the message key):
 
-1. the alert is read; anything but a pending alert with that many attempts is a stale
-   hand-over (sent meanwhile, or another instance took this attempt) and is dropped;
-2. the destination's rate limit is asked for a token; without one the alert's due time
+1. the destination's rate limit is asked for a token; without one the alert's due time
    moves to when there will be one, and the poller hands it over again then;
-3. the attempt is claimed (``attempts + 1``, conditional on ``attempts``), so one attempt
-   is made once, whatever the number of instances or duplicate hand-overs;
-4. the recipient is checked again (a domain may have been removed since it was saved),
+2. in the background (at most ``max_in_flight`` at once) the attempt is claimed
+   (``attempts + 1``, conditional on ``attempts`` and the alert still pending), so one
+   attempt is made once whatever the number of instances or duplicate hand-overs; a
+   stale hand-over (sent meanwhile, or taken by another) claims nothing and ends there;
+3. the recipient is checked again (a domain may have been removed since it was saved),
    the message goes out, and the attempt is recorded in the activity log (and published
    on ``flowyard.alerts``): ``sent``; ``retrying`` with the next try after an exponential
    backoff; or ``failed`` (refused for good, or out of attempts) with a dead letter.
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 # Stored settings (allowed domains, the Slack workspace and its token) are re-read at
 # most this often.
 CACHE_SECONDS = 2.0
+# A claimed attempt's lease covers its send timeout plus this, for recording the outcome.
+CLAIM_MARGIN_SECONDS = 10.0
 # Attempts one alerter instance makes at once (each is one SMTP or Slack conversation).
 MAX_IN_FLIGHT = 16
 
@@ -106,29 +108,31 @@ class Deliverer:
         self._dead_letter = dead_letter
         self._clock = clock
         self._backoff = Backoff(settings.backoff_seconds, 2.0, settings.backoff_max_seconds)
+        # A claim must outlive the attempt it covers (the send, bounded by its timeout,
+        # then the record), or a live attempt would be taken over and sent twice.
+        self.claim_lease_seconds = max(
+            settings.lease_seconds, settings.send_timeout_seconds + CLAIM_MARGIN_SECONDS
+        )
         self._cached: tuple[float, StoredAlertSettings] | None = None
         self._slack_cache: tuple[float, StoredSlack, SlackTarget] | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def deliver(self, alert_id: str, attempts: int) -> None:
-        """Claim the attempt and take a token here (in the caller's order, so the rate
-        limit's state changes only in the deliveries agent); the sending and recording
-        go on in the background, at most ``max_in_flight`` at once."""
-        lease = self._clock() + timedelta(seconds=self._settings.lease_seconds)
-        claimed = await self._store.claim_alert(alert_id, attempts, lease)
-        if claimed is None:  # sent meanwhile, or another hand-over took this attempt
-            return
-        wait = self._limiter.take(claimed.recipient.destination, time.time())
+    async def deliver(self, alert_id: str, attempts: int, destination: str) -> None:
+        """Take a rate-limit token for ``destination`` here, in the deliveries agent (the
+        faust table changes only there); claim, send and record in the background, at
+        most ``max_in_flight`` at once."""
+        wait = self._limiter.take(destination, time.time())
         if wait > 0:
-            # Not an attempt: give it back, due when the destination has a token again
-            # (plus a little spread so a backlog does not come back all at once).
+            # Not an attempt: due again when the destination has a token (plus a little
+            # spread so a backlog does not come back all at once).
             due = self._clock() + timedelta(seconds=wait + random.uniform(0, wait))
-            if await self._store.release_alert(alert_id, claimed.attempts, due):
-                self._metrics.alerts_rate_limited.labels(claimed.recipient.channel.value).inc()
+            if await self._store.postpone_alert(alert_id, attempts, due):
+                channel = destination.split(":", 1)[0]
+                self._metrics.alerts_rate_limited.labels(channel).inc()
             return
         await self._slots.acquire()
-        task = asyncio.create_task(self._attempt(claimed))
+        task = asyncio.create_task(self._attempt(alert_id, attempts))
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
 
@@ -139,9 +143,14 @@ class Deliverer:
             # The alert stays claimed until its lease passes; then the poller retries it.
             log.error("alerter: an attempt failed unexpectedly", exc_info=task.exception())
 
-    async def _attempt(self, alert: Alert) -> None:
-        outcome = await self._send(alert)
-        await self._record(alert, outcome)
+    async def _attempt(self, alert_id: str, attempts: int) -> None:
+        now = self._clock()
+        lease = now + timedelta(seconds=self.claim_lease_seconds)
+        claimed = await self._store.claim_alert(alert_id, attempts, lease, now)
+        if claimed is None:  # sent meanwhile, or another hand-over took this attempt
+            return
+        outcome = await self._send(claimed)
+        await self._record(claimed, outcome)
 
     async def drain(self, within: float) -> None:
         """Wait up to ``within`` seconds for attempts in flight, then cancel the rest
@@ -264,6 +273,7 @@ class Deliverer:
         )
         # The alert's new state and the activity record are independent documents.
         await asyncio.gather(update, self._store.record_attempt(record))
+        await self._store.end_claim(alert.alert_id, attempt)
         if undeliverable:
             await self._dead_letter(alert, undeliverable)
         await self._on_attempt(record)

@@ -53,6 +53,9 @@ Clock = Callable[[], datetime]
 THRESHOLD_FAILURE = "threshold.failure"
 # Policies and run-after relations are re-read at most this often (seconds).
 CACHE_SECONDS = 1.0
+# A queued alert nobody claimed is handed over again after this many leases: long enough
+# not to duplicate hand-overs still waiting in a backlog.
+HANDOVER_GRACE = 4
 _KIND_OF_STATUS = {
     RunStatus.FAILED: AlertKind.FAILED,
     RunStatus.SUCCEEDED: AlertKind.SUCCEEDED,
@@ -352,8 +355,9 @@ class AlertPlanner:
                 workflow_type=context.workflow_type,
                 event_at=context.event_at,
                 created_at=now,
-                # The poller's fallback should the hand-over to delivery get lost.
-                due_at=now + timedelta(seconds=self._settings.lease_seconds),
+                # The poller's fallback should the hand-over to delivery get lost (it is
+                # on the broker before the event is acknowledged, so this is a safety net).
+                due_at=now + timedelta(seconds=HANDOVER_GRACE * self._settings.lease_seconds),
             )
             for recipient in recipients
         ]

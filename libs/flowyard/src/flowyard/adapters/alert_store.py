@@ -13,10 +13,13 @@ Collections:
 |   |   | next due time: the unique ``_id`` is what makes it exactly one |
 | alert_activity | uuid | one document per delivery attempt (A6), newest first by ``at`` |
 | alert_runtime_watches | run + policy | running runs with their threshold's due time |
+| alert_claims | alert id + "#" + attempt | who makes an attempt, until when (its lease) |
 
-Every write is single-document: an alert is *claimed* by a conditional update on its
-``attempts`` count (``find_one_and_update``), so two alerter instances, or a message
-delivered twice, never send the same attempt twice. Driver errors leave this module as
+Every write is single-document. What must happen once rests on unique keys, never on a
+conditional update (FerretDB v1 lets two concurrent conditional updates of one document
+both match): the alert's ``_id`` (one alert per run, kind and recipient) and each
+attempt's claim in ``alert_claims``, so two alerter instances, or a message delivered
+twice, never make the same attempt twice. Driver errors leave this module as
 :class:`InfrastructureError`.
 """
 
@@ -54,6 +57,8 @@ from flowyard.errors import InfrastructureError
 Document = dict[str, Any]
 SETTINGS_ID = "alerts"
 MAX_ACTIVITY_PAGE = 500
+# Expired claims of one alert taken over in a row before giving up until the next poll.
+MAX_CLAIM_TAKEOVERS = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class AlertStore:
         self.alerts: AsyncCollection[Document] = database["alerts"]
         self.activity: AsyncCollection[Document] = database["alert_activity"]
         self.watches: AsyncCollection[Document] = database["alert_runtime_watches"]
+        self.claims: AsyncCollection[Document] = database["alert_claims"]
 
     @classmethod
     @asynccontextmanager
@@ -267,27 +273,69 @@ class AlertStore:
         return None if doc is None else _alert_from_doc(doc)
 
     async def claim_alert(
-        self, alert_id: str, attempts: int, lease_until: datetime
+        self, alert_id: str, attempts: int, lease_until: datetime, now: datetime
     ) -> Alert | None:
-        """Take attempt ``attempts + 1`` of a pending alert, or None when it is not pending
-        or someone took that attempt already. Until ``lease_until`` nobody re-sends it."""
-        try:
-            doc = await self.alerts.find_one_and_update(
-                {"_id": alert_id, "status": DeliveryStatus.PENDING.value, "attempts": attempts},
-                {"$set": {"attempts": attempts + 1, "due_at": lease_until}},
-                return_document=ReturnDocument.AFTER,
-            )
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB update failed: {exc}") from exc
-        return None if doc is None else _alert_from_doc(doc)
+        """Take the next attempt of a pending alert that has had ``attempts`` attempts;
+        None when it is not pending any more, the hand-over is stale, or someone else is
+        making that attempt. Until ``lease_until`` nobody else makes it.
 
-    async def release_alert(self, alert_id: str, attempts: int, due_at: datetime) -> bool:
-        """Give back a claim that made no attempt (``attempts`` is the claimed count): the
-        alert is pending with one attempt fewer, due at ``due_at``."""
+        The claim is the insert of ``<alert id>#<attempt>`` into ``alert_claims``: a unique
+        key is atomic on MongoDB and FerretDB alike (FerretDB v1 does not apply a
+        conditional update atomically: two concurrent ones can both match). A claim whose
+        lease passed belongs to an instance presumed dead: the next number is taken.
+        """
+        alert = await self.get_alert(alert_id)
+        if alert is None or alert.status is not DeliveryStatus.PENDING:
+            return None
+        if alert.attempts != attempts:  # an older hand-over; a newer one exists
+            return None
+        if attempts and await self._live_claim(f"{alert_id}#{attempts}", now):
+            return None  # the latest attempt is still being made
+        number = attempts + 1
+        for _ in range(MAX_CLAIM_TAKEOVERS):
+            claim: Document = {
+                "_id": f"{alert_id}#{number}",
+                "alert_id": alert_id,
+                "attempt": number,
+                "claimed_at": now,
+                "lease_until": lease_until,
+            }
+            try:
+                await self.claims.insert_one(claim)
+            except DuplicateKeyError:
+                if await self._live_claim(claim["_id"], now):
+                    return None
+                number += 1  # that attempt ended, or its instance died
+                continue
+            except PyMongoError as exc:
+                raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+            await self._update(
+                self.alerts,
+                {"_id": alert_id},
+                {"$set": {"attempts": number, "due_at": lease_until}},
+            )
+            # Finished meanwhile (by the attempt whose lease we saw pass)? Then not again.
+            current = await self.get_alert(alert_id)
+            if current is None or current.status is not DeliveryStatus.PENDING:
+                return None
+            return current
+        return None
+
+    async def _live_claim(self, claim_id: str, now: datetime) -> bool:
+        claim = await self._find_one(self.claims, {"_id": claim_id})
+        return claim is not None and not claim.get("done") and claim["lease_until"] > now
+
+    async def end_claim(self, alert_id: str, attempt: int) -> None:
+        """The attempt is over (its outcome recorded): the next one need not wait for its
+        lease."""
+        await self._update(self.claims, {"_id": f"{alert_id}#{attempt}"}, {"$set": {"done": True}})
+
+    async def postpone_alert(self, alert_id: str, attempts: int, due_at: datetime) -> bool:
+        """Move a pending alert's next try, unless an attempt was taken meanwhile."""
         return await self._update(
             self.alerts,
             {"_id": alert_id, "status": DeliveryStatus.PENDING.value, "attempts": attempts},
-            {"$set": {"due_at": due_at, "attempts": attempts - 1}},
+            {"$set": {"due_at": due_at}},
         )
 
     async def retry_alert(self, alert_id: str, attempts: int, due_at: datetime, error: str) -> None:
