@@ -375,6 +375,7 @@ class AlertPlanner:
             and existing.status is DeliveryStatus.PENDING
             and existing.attempts == 0
         ):
+            await self._alerts.ensure_queued(existing)
             await self._enqueue(existing)
 
 

@@ -14,6 +14,8 @@ Collections:
 | alert_activity | uuid | one document per delivery attempt (A6), newest first by ``at`` |
 | alert_runtime_watches | run + policy | running runs with their threshold's due time |
 | alert_claims | alert id + "#" + attempt | who makes an attempt, until when (its lease) |
+| alert_due | alert id | pending alerts only, with their next due time (what the poller |
+|   |   | reads: it stays small however many alerts were sent) |
 
 Every write is single-document. What must happen once rests on unique keys, never on a
 conditional update (FerretDB v1 lets two concurrent conditional updates of one document
@@ -30,7 +32,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,6 +90,7 @@ class AlertStore:
         self.activity: AsyncCollection[Document] = database["alert_activity"]
         self.watches: AsyncCollection[Document] = database["alert_runtime_watches"]
         self.claims: AsyncCollection[Document] = database["alert_claims"]
+        self.due: AsyncCollection[Document] = database["alert_due"]
 
     @classmethod
     @asynccontextmanager
@@ -108,9 +111,7 @@ class AlertStore:
             await self.policies.create_index([("workflow_type", ASCENDING)], name="type")
             await self.policies.create_index([("workflow", ASCENDING)], name="workflow")
             await self.subscriptions.create_index([("run_id", ASCENDING)], name="run")
-            await self.alerts.create_index(
-                [("status", ASCENDING), ("due_at", ASCENDING)], name="status_due"
-            )
+            await self.due.create_index([("due_at", ASCENDING)], name="due")
             await self.activity.create_index([("at", DESCENDING), ("_id", DESCENDING)], name="at")
             await self.activity.create_index(
                 [("run_id", ASCENDING), ("at", DESCENDING)], name="run_at"
@@ -266,11 +267,36 @@ class AlertStore:
             return False
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+        await self._set_due(alert.alert_id, alert.due_at)
         return True
+
+    async def ensure_queued(self, alert: Alert) -> None:
+        """Give a stored pending alert its due entry if it lacks one (an instance died
+        between storing the alert and its due time)."""
+        try:
+            await self.due.update_one(
+                {"_id": alert.alert_id}, {"$setOnInsert": {"due_at": alert.due_at}}, upsert=True
+            )
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB update failed: {exc}") from exc
+
+    async def _set_due(self, alert_id: str, due_at: datetime) -> None:
+        try:
+            await self.due.update_one({"_id": alert_id}, {"$set": {"due_at": due_at}}, upsert=True)
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB update failed: {exc}") from exc
 
     async def get_alert(self, alert_id: str) -> Alert | None:
         doc = await self._find_one(self.alerts, {"_id": alert_id})
         return None if doc is None else _alert_from_doc(doc)
+
+    async def _pending(self, alert_id: str, attempts: int) -> bool:
+        alert = await self.get_alert(alert_id)
+        return (
+            alert is not None
+            and alert.status is DeliveryStatus.PENDING
+            and alert.attempts == attempts
+        )
 
     async def claim_alert(
         self, alert_id: str, attempts: int, lease_until: datetime, now: datetime
@@ -284,11 +310,8 @@ class AlertStore:
         conditional update atomically: two concurrent ones can both match). A claim whose
         lease passed belongs to an instance presumed dead: the next number is taken.
         """
-        alert = await self.get_alert(alert_id)
-        if alert is None or alert.status is not DeliveryStatus.PENDING:
-            return None
-        if alert.attempts != attempts:  # an older hand-over; a newer one exists
-            return None
+        if not await self._pending(alert_id, attempts):
+            return None  # finished, unknown, or an older hand-over (a newer one exists)
         if attempts and await self._live_claim(f"{alert_id}#{attempts}", now):
             return None  # the latest attempt is still being made
         number = attempts + 1
@@ -314,6 +337,7 @@ class AlertStore:
                 {"_id": alert_id},
                 {"$set": {"attempts": number, "due_at": lease_until}},
             )
+            await self._set_due(alert_id, lease_until)
             # Finished meanwhile (by the attempt whose lease we saw pass)? Then not again.
             current = await self.get_alert(alert_id)
             if current is None or current.status is not DeliveryStatus.PENDING:
@@ -330,53 +354,61 @@ class AlertStore:
         lease."""
         await self._update(self.claims, {"_id": f"{alert_id}#{attempt}"}, {"$set": {"done": True}})
 
+    # Writes below look documents up by ``_id`` alone (after checking, by reading, that the
+    # attempt is the current one): the claim already made the writer the only one, and an
+    # ``_id``-only filter is what FerretDB v1 hands to SQLite instead of scanning.
+
     async def postpone_alert(self, alert_id: str, attempts: int, due_at: datetime) -> bool:
         """Move a pending alert's next try, unless an attempt was taken meanwhile."""
-        return await self._update(
-            self.alerts,
-            {"_id": alert_id, "status": DeliveryStatus.PENDING.value, "attempts": attempts},
-            {"$set": {"due_at": due_at}},
-        )
+        if not await self._pending(alert_id, attempts):
+            return False
+        await self._update(self.alerts, {"_id": alert_id}, {"$set": {"due_at": due_at}})
+        await self._set_due(alert_id, due_at)
+        return True
 
     async def retry_alert(self, alert_id: str, attempts: int, due_at: datetime, error: str) -> None:
+        if not await self._pending(alert_id, attempts):
+            return
         await self._update(
-            self.alerts,
-            {"_id": alert_id, "status": DeliveryStatus.PENDING.value, "attempts": attempts},
-            {"$set": {"due_at": due_at, "last_error": error}},
+            self.alerts, {"_id": alert_id}, {"$set": {"due_at": due_at, "last_error": error}}
         )
+        await self._set_due(alert_id, due_at)
 
     async def finish_alert(
         self, alert_id: str, attempts: int, status: DeliveryStatus, now: datetime, error: str = ""
     ) -> bool:
+        if not await self._pending(alert_id, attempts):
+            return False
         update: Document = {"status": status.value, "last_error": error, "finished_at": now}
         if status is DeliveryStatus.SENT:
             update["sent_at"] = now
-        return await self._update(
-            self.alerts,
-            {"_id": alert_id, "status": DeliveryStatus.PENDING.value, "attempts": attempts},
-            {"$set": update},
-        )
+        await self._update(self.alerts, {"_id": alert_id}, {"$set": update})
+        try:
+            await self.due.delete_one({"_id": alert_id})
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB delete failed: {exc}") from exc
+        return True
 
     async def due_alerts(self, now: datetime, limit: int = 200) -> list[Alert]:
-        docs = await self._find(
-            self.alerts,
-            {"status": DeliveryStatus.PENDING.value, "due_at": {"$lte": now}},
-            sort=[("due_at", ASCENDING)],
-            limit=limit,
+        """Pending alerts whose due time passed (from ``alert_due``, which holds pending
+        alerts only, so the poll stays small however many alerts were ever sent)."""
+        entries = await self._find(
+            self.due, {"due_at": {"$lte": now}}, sort=[("due_at", ASCENDING)], limit=limit
         )
-        return [_alert_from_doc(d) for d in docs]
+        found: list[Alert] = []
+        for entry in entries:
+            alert = await self.get_alert(entry["_id"])
+            if alert is None or alert.status is not DeliveryStatus.PENDING:
+                await self._delete(self.due, entry["_id"])  # finished: a leftover entry
+                continue
+            found.append(replace(alert, due_at=entry["due_at"]))
+        return found
 
     async def move_due(self, alert: Alert, due_at: datetime) -> bool:
-        """The poller's claim: move a due alert's due time, True for the one who moved it."""
+        """The poller's claim: move a due alert's due time; False when it moved meanwhile
+        (another instance's poller). Not atomic on FerretDB; the attempt claims are."""
         return await self._update(
-            self.alerts,
-            {
-                "_id": alert.alert_id,
-                "status": DeliveryStatus.PENDING.value,
-                "attempts": alert.attempts,
-                "due_at": alert.due_at,
-            },
-            {"$set": {"due_at": due_at}},
+            self.due, {"_id": alert.alert_id, "due_at": alert.due_at}, {"$set": {"due_at": due_at}}
         )
 
     # --- activity log ------------------------------------------------------------------
@@ -494,6 +526,12 @@ class AlertStore:
             await collection.insert_one(doc)
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB insert failed: {exc}") from exc
+
+    async def _delete(self, collection: AsyncCollection[Document], doc_id: str) -> None:
+        try:
+            await collection.delete_one({"_id": doc_id})
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB delete failed: {exc}") from exc
 
     async def _update(
         self, collection: AsyncCollection[Document], query: Document, update: Document
