@@ -7,7 +7,12 @@ REPO_ROOT="$(cd "$STACK_DIR/../.." && pwd)"
 
 KAFKA_VERSION="3.9.1"
 KAFKA_SCALA_VERSION="2.13"
-FERRETDB_VERSION="1.24.2"
+# DocumentDB: the commit of ../shared/vendor/documentdb-b2e220c4.tar.gz (extension 0.108-0)
+DOCUMENTDB_VERSION="0.108-0"
+DOCUMENTDB_COMMIT="b2e220c47d85ec6fed1651f03968da2317f71c10"
+PGVECTOR_VERSION="0.8.0"
+PG_CRON_VERSION="1.6.3"
+PG_MAJOR="15"
 
 CACHE_DIR="${FLOWYARD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flowyard}"
 STATE_DIR="${FLOWYARD_STATE_DIR:-$CACHE_DIR/state}"
@@ -16,17 +21,35 @@ KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME/libs"
 KAFKA_MARKER="$KAFKA_HOME/.installed"
 
-FERRETDB_HOME="$CACHE_DIR/ferretdb-$FERRETDB_VERSION"
-FERRETDB_BIN="$FERRETDB_HOME/flowyard-ferretdb"
-FERRETDB_SRC="$REPO_ROOT/deploy/ferretdb-launcher"
+DOCUMENTDB_HOME="$CACHE_DIR/documentdb-$DOCUMENTDB_VERSION-${DOCUMENTDB_COMMIT:0:8}"
+DOCUMENTDB_GATEWAY_BIN="$DOCUMENTDB_HOME/bin/documentdb_gateway"
+DOCUMENTDB_MARKER="$DOCUMENTDB_HOME/.installed"
 
 STACK_HOST="127.0.0.1"
 KAFKA_PORT="${FLOWYARD_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${FLOWYARD_KAFKA_CONTROLLER_PORT:-9093}"
 MONGO_PORT="${FLOWYARD_MONGO_PORT:-27017}"
+# PostgreSQL under the gateway: TCP on loopback for nobody (listen_addresses is empty); the
+# gateway and the scripts reach it on its Unix socket. The port names the socket file.
+PG_PORT="${FLOWYARD_PG_PORT:-9712}"
 
 KAFKA_STATE="$STATE_DIR/kafka"
-FERRETDB_STATE="$STATE_DIR/ferretdb"
+DOCUMENTDB_LINK="$STATE_DIR/documentdb"
+# resolve_documentdb_paths : the store's directories, through the link start.sh may have made
+# (PostgreSQL's own user must see real paths: it cannot pass through root's home).
+resolve_documentdb_paths() {
+	DOCUMENTDB_STATE="$(readlink -f "$DOCUMENTDB_LINK" 2>/dev/null || echo "$DOCUMENTDB_LINK")"
+	DOCUMENTDB_DATA="$DOCUMENTDB_STATE/data"
+	DOCUMENTDB_SOCKET_DIR="$DOCUMENTDB_STATE/run"
+	DOCUMENTDB_PG_LOG="$DOCUMENTDB_STATE/postgresql.log"
+}
+resolve_documentdb_paths
+DOCUMENTDB_PASSWORD_FILE="$STATE_DIR/documentdb-password"
+DOCUMENTDB_URL_FILE="$STATE_DIR/mongo-url"
+DOCUMENTDB_USER="flowyard"
+# PostgreSQL refuses to run as root: then it runs as Debian's postgres user.
+if [[ "$(id -u)" == 0 ]]; then PG_OS_USER="${FLOWYARD_PG_OS_USER:-postgres}"; else PG_OS_USER="$(id -un)"; fi
+PG_SUPERUSER="flowyard_system"
 
 # log MESSAGE... : one line on stderr, prefixed with the calling script's name.
 log() {
@@ -61,7 +84,7 @@ pid_alive() {
 	args="$(ps -o args= -p "$pid" 2>/dev/null)" || return 1
 	case "$1" in
 	kafka) [[ "$args" == *kafka.Kafka* ]] ;;
-	ferretdb) [[ "$args" == *flowyard-ferretdb* ]] ;;
+	documentdb) [[ "$args" == *documentdb_gateway* ]] ;;
 	dev-services) [[ "$args" == *dev_services.py* ]] ;;
 	*) return 1 ;;
 	esac
@@ -71,7 +94,7 @@ pid_alive() {
 component_port() {
 	case "$1" in
 	kafka) echo "$KAFKA_PORT" ;;
-	ferretdb) echo "$MONGO_PORT" ;;
+	documentdb) echo "$MONGO_PORT" ;;
 	esac
 }
 
@@ -89,23 +112,47 @@ stack_lock() {
 	export FLOWYARD_STACK_LOCK_HELD=1
 }
 
-# parse_components ARG : sets WANTED to the components named by kafka|ferretdb|all (default all).
+# parse_components ARG : sets WANTED to the components named by kafka|documentdb|all (default all).
 parse_components() {
 	case "${1:-all}" in
-	all) WANTED=(kafka ferretdb) ;;
-	kafka | ferretdb) WANTED=("$1") ;;
-	*) die "unknown component '${1}' (expected kafka, ferretdb or all)" ;;
+	all) WANTED=(kafka documentdb) ;;
+	kafka | documentdb) WANTED=("$1") ;;
+	*) die "unknown component '${1}' (expected kafka, documentdb or all)" ;;
 	esac
 }
 
-# kafka_installed / ferretdb_installed : whether the install scripts have nothing to do.
+# kafka_installed / documentdb_installed : whether the install scripts have nothing to do.
 kafka_installed() {
 	[[ -f "$KAFKA_MARKER" && -f "$KAFKA_LIBS/kafka_${KAFKA_SCALA_VERSION}-${KAFKA_VERSION}.jar" ]]
 }
 
-ferretdb_installed() {
-	[[ -x "$FERRETDB_BIN" ]] &&
-		[[ -z "$(find "$FERRETDB_SRC" -type f -newer "$FERRETDB_BIN" -print -quit 2>/dev/null)" ]]
+documentdb_installed() {
+	local pg_config sharedir
+	pg_config="$(find_pg_config)" || return 1
+	sharedir="$("$pg_config" --sharedir)"
+	[[ -f "$DOCUMENTDB_MARKER" && -x "$DOCUMENTDB_GATEWAY_BIN" ]] &&
+		[[ -f "$sharedir/extension/documentdb.control" ]] &&
+		[[ -f "$sharedir/extension/vector.control" ]] &&
+		[[ -f "$sharedir/extension/pg_cron--1.5--1.6.sql" ]]
+}
+
+# find_pg_config / pg_bin : PostgreSQL $PG_MAJOR's pg_config and server programs (Debian keeps
+# them under /usr/lib/postgresql/<major>/bin, not on PATH).
+find_pg_config() {
+	local candidate
+	for candidate in "${PG_CONFIG:-}" "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" "$(command -v pg_config 2>/dev/null)"; do
+		[[ -n "$candidate" && -x "$candidate" ]] || continue
+		if [[ "$("$candidate" --version)" == "PostgreSQL $PG_MAJOR."* ]]; then
+			echo "$candidate"
+			return 0
+		fi
+	done
+	log "error: PostgreSQL $PG_MAJOR's pg_config not found (Debian packages postgresql-$PG_MAJOR and postgresql-server-dev-$PG_MAJOR; scripts/bootstrap.sh installs them)"
+	return 1
+}
+
+pg_bin() {
+	printf '%s/%s\n' "$("$(find_pg_config)" --bindir)" "$1"
 }
 
 find_java() {
@@ -115,18 +162,5 @@ find_java() {
 		command -v java
 	else
 		die "java (17 or newer) not found; set JAVA_HOME or put java on PATH"
-	fi
-}
-
-find_go() {
-	if [[ -n "${GO:-}" ]]; then
-		echo "$GO"
-	elif command -v go >/dev/null 2>&1; then
-		command -v go
-	elif [[ -x /usr/local/go/bin/go ]]; then
-		# the location used by the official Go tarball
-		echo /usr/local/go/bin/go
-	else
-		die "go (1.24 or newer) not found; set GO or put go on PATH"
 	fi
 }

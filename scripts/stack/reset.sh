@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Stops Flowyard's local stack and deletes its state directory (topics, documents, logs).
-# The installed Kafka jars and FerretDB binary in the cache directory are kept.
+# The installed Kafka jars and the DocumentDB build in the cache directory are kept.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -20,7 +20,7 @@ others=()
 for file in "$STATE_DIR"/*.pid; do
 	[[ -e "$file" ]] || continue
 	name="$(basename "$file" .pid)"
-	[[ "$name" == kafka || "$name" == ferretdb ]] && continue
+	[[ "$name" == kafka || "$name" == documentdb ]] && continue
 	pid="$(<"$file")"
 	if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
 		others+=("$name (pid $pid)")
@@ -36,6 +36,11 @@ if ! stop_output="$("$STACK_DIR/stop.sh" all 2>&1)"; then
 fi
 
 if [[ -d "$STATE_DIR" ]]; then
+	# the store's data dir may live outside (see start.sh's init_documentdb_dir)
+	if [[ -L "$DOCUMENTDB_LINK" ]]; then
+		target="$(readlink -f "$DOCUMENTDB_LINK")"
+		[[ "$target" == /var/lib/flowyard/documentdb-* ]] && rm -rf "$target"
+	fi
 	rm -rf "$STATE_DIR"
 	log "stopped the stack and deleted $STATE_DIR"
 else

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# Starts Flowyard's local stack on loopback: a single-node KRaft Kafka broker and FerretDB
-# (MongoDB wire protocol, SQLite backend). Installs what is missing first.
+# Starts Flowyard's local stack on loopback: a single-node KRaft Kafka broker and DocumentDB
+# (PostgreSQL 15 with the DocumentDB extensions, behind its MongoDB wire-protocol gateway).
+# Installs what is missing first.
 #
-# Usage: scripts/stack/start.sh [kafka|ferretdb|all]      (default: all)
+# Usage: scripts/stack/start.sh [kafka|documentdb|all]      (default: all)
 #        eval "$(scripts/stack/start.sh)"                  # exports the addresses
 #
 # Environment: FLOWYARD_CACHE_DIR, FLOWYARD_STATE_DIR, FLOWYARD_KAFKA_PORT (9092),
-# FLOWYARD_KAFKA_CONTROLLER_PORT (9093), FLOWYARD_MONGO_PORT (27017),
-# FLOWYARD_STACK_WAIT_SECONDS (90), KAFKA_HEAP_OPTS (-Xmx1g -Xms512m),
-# FLOWYARD_FERRETDB_LOG_LEVEL (warn), PYTHON (python3), JAVA_HOME, GO.
+# FLOWYARD_KAFKA_CONTROLLER_PORT (9093), FLOWYARD_MONGO_PORT (27017, the gateway),
+# FLOWYARD_PG_PORT (9712, PostgreSQL's socket; no TCP), FLOWYARD_STACK_WAIT_SECONDS (90),
+# KAFKA_HEAP_OPTS (-Xmx1g -Xms512m), FLOWYARD_PG_SHARED_BUFFERS (1GB), RUST_LOG (the
+# gateway's log level, warn), PYTHON (python3), JAVA_HOME.
+# The store's login (user flowyard, a random password made for this state dir) is in
+# $STATE_DIR/documentdb/mongo-url (mode 600) and in the exported FLOWYARD_MONGO_URL.
 # Only the `export ...` lines go to stdout; everything else goes to stderr.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -52,8 +56,27 @@ kafka_ready() {
 	port_open "$KAFKA_PORT" && kafka_metadata_ok
 }
 
-ferretdb_ready() {
-	port_open "$MONGO_PORT"
+documentdb_ready() {
+	port_open "$MONGO_PORT" && documentdb_answers
+}
+
+# documentdb_answers : the gateway authenticates our user and runs a command (it accepts
+# connections before PostgreSQL is reachable).
+documentdb_answers() {
+	local py="${PYTHON:-python3}"
+	if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import pymongo' >/dev/null 2>&1; then
+		timeout 20 "$py" - "$(<"$DOCUMENTDB_URL_FILE")" >/dev/null 2>&1 <<'PY'
+import sys
+from pymongo import MongoClient
+client = MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000)
+try:
+    client.admin.command("ping")
+finally:
+    client.close()
+PY
+	else
+		"$(pg_bin pg_isready)" -q -h "$DOCUMENTDB_SOCKET_DIR" -p "$PG_PORT"
+	fi
 }
 
 # wait_ready COMPONENT STOP_ON_TIMEOUT LOGFILE... : polls until ready; on failure shows the
@@ -164,16 +187,162 @@ start_kafka() {
 	wait_ready kafka 1 "$LOG_DIR/kafka.log" "$LOG_DIR/kafka.out"
 }
 
-start_ferretdb() {
-	if ! ferretdb_installed; then
-		"$STACK_DIR/install-ferretdb.sh"
+# as_pg_user CMD... : runs CMD as the operating-system user PostgreSQL runs as (it refuses root).
+as_pg_user() {
+	if [[ "$(id -u)" == 0 ]]; then
+		runuser -u "$PG_OS_USER" -- "$@"
+	else
+		"$@"
 	fi
-	mkdir -p "$FERRETDB_STATE" "$LOG_DIR"
-	setsid "$FERRETDB_BIN" -listen-addr "$STACK_HOST:$MONGO_PORT" -sqlite-dir "$FERRETDB_STATE" \
-		-log-level "${FLOWYARD_FERRETDB_LOG_LEVEL:-warn}" \
-		</dev/null >>"$LOG_DIR/ferretdb.log" 2>&1 9>&- &
-	echo $! >"$(pid_file ferretdb)"
-	wait_ready ferretdb 1 "$LOG_DIR/ferretdb.log"
+}
+
+# pg_sql SQL : runs SQL as the superuser over the Unix socket.
+pg_sql() {
+	"$(pg_bin psql)" -X -q -v ON_ERROR_STOP=1 -h "$DOCUMENTDB_SOCKET_DIR" -p "$PG_PORT" \
+		-U "$PG_SUPERUSER" -d postgres -c "$1"
+}
+
+# init_documentdb_dir : the data directory (initdb), the socket directory and the store's
+# login, made once per state dir. When root, PostgreSQL runs as $PG_OS_USER, which cannot
+# enter root's home: the directory then lives under /var/lib/flowyard, linked from the state dir.
+init_documentdb_dir() {
+	local real
+	if [[ ! -e "$DOCUMENTDB_LINK" ]]; then
+		if [[ "$(id -u)" == 0 ]] && ! runuser -u "$PG_OS_USER" -- test -x "$STATE_DIR"; then
+			real="/var/lib/flowyard/documentdb-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)"
+			rm -rf "$real"
+			mkdir -p "$real"
+			ln -sfn "$real" "$DOCUMENTDB_LINK"
+		else
+			mkdir -p "$DOCUMENTDB_LINK"
+		fi
+	fi
+	resolve_documentdb_paths
+	mkdir -p "$DOCUMENTDB_SOCKET_DIR"
+	chmod 700 "$DOCUMENTDB_STATE/"
+	[[ "$(id -u)" != 0 ]] || chown "$PG_OS_USER:" "$DOCUMENTDB_STATE/" "$DOCUMENTDB_SOCKET_DIR"
+	if [[ ! -s "$DOCUMENTDB_DATA/PG_VERSION" ]]; then
+		rm -rf "$DOCUMENTDB_DATA"
+		as_pg_user "$(pg_bin initdb)" -D "$DOCUMENTDB_DATA" -U "$PG_SUPERUSER" --auth-local=trust \
+			--auth-host=reject -E UTF8 --locale=C.UTF-8 >>"$LOG_DIR/documentdb-initdb.log" 2>&1 ||
+			{ show_logs "$LOG_DIR/documentdb-initdb.log"; die "initdb of $DOCUMENTDB_DATA failed"; }
+	fi
+	if [[ ! -s "$DOCUMENTDB_PASSWORD_FILE" ]]; then
+		(
+			umask 077
+			head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DOCUMENTDB_PASSWORD_FILE"
+		)
+	fi
+}
+
+# write_documentdb_config : PostgreSQL's settings, access rules and the gateway's setup file,
+# rewritten on every start.
+write_documentdb_config() {
+	as_pg_user tee "$DOCUMENTDB_DATA/flowyard.conf" >/dev/null <<CONF
+# Generated by scripts/stack/start.sh; rewritten on every start.
+listen_addresses = ''
+port = $PG_PORT
+unix_socket_directories = '$DOCUMENTDB_SOCKET_DIR'
+unix_socket_permissions = 0700
+shared_preload_libraries = 'pg_cron, pg_documentdb_core, pg_documentdb'
+cron.database_name = 'postgres'
+# DocumentDB's maintenance jobs (TTL deletes, index builds) run in background workers: a
+# connection to localhost would need a TCP listener.
+cron.use_background_workers = on
+cron.log_run = off
+cron.log_statement = off
+max_worker_processes = 16
+documentdb.enableBackgroundWorker = true
+documentdb.enableBackgroundWorkerJobs = true
+# Index builds and other work the extension does over a connection to itself: through the
+# socket (the default, host=localhost, needs a TCP listener).
+documentdb.localhost_connection_string = 'host=$DOCUMENTDB_SOCKET_DIR'
+max_connections = 300
+shared_buffers = '${FLOWYARD_PG_SHARED_BUFFERS:-1GB}'
+work_mem = '32MB'
+maintenance_work_mem = '512MB'
+effective_cache_size = '4GB'
+max_wal_size = '4GB'
+checkpoint_timeout = '15min'
+random_page_cost = 1.1
+logging_collector = off
+log_min_messages = warning
+log_min_error_statement = panic
+CONF
+	grep -q "^include_if_exists = 'flowyard.conf'" "$DOCUMENTDB_DATA/postgresql.conf" ||
+		echo "include_if_exists = 'flowyard.conf'" | as_pg_user tee -a "$DOCUMENTDB_DATA/postgresql.conf" >/dev/null
+	# PostgreSQL has no TCP listener; its socket directory and socket are open to its own
+	# operating-system user only (and root). The gateway checks every client's SCRAM proof
+	# against the role's stored verifier and then connects as that role without a password,
+	# so the socket trusts whoever can reach it: the password is checked once, at the gateway.
+	as_pg_user tee "$DOCUMENTDB_DATA/pg_hba.conf" >/dev/null <<HBA
+# Generated by scripts/stack/start.sh: Unix socket only (mode 0700), no TCP listener.
+local all all trust
+HBA
+	echo '{"IsPrimary": "true", "SendShutdownResponses": "false"}' >"$DOCUMENTDB_STATE/gateway-host.json"
+	cat >"$DOCUMENTDB_STATE/gateway.json" <<JSON
+{
+  "NodeHostName": "localhost",
+  "BlockedRolePrefixes": ["documentdb", "citus", "pg", "internal_role"],
+  "UseLocalHost": true,
+  "GatewayListenPort": $MONGO_PORT,
+  "PostgresHostName": "$DOCUMENTDB_SOCKET_DIR",
+  "PostgresPort": $PG_PORT,
+  "PostgresSystemUser": "$PG_SUPERUSER",
+  "PostgresDatabase": "postgres",
+  "EnforceSslTcp": false,
+  "TransactionTimeoutSecs": 30,
+  "CursorTimeoutSecs": 600,
+  "PostgresCommandTimeoutSecs": 120,
+  "DynamicConfigurationFile": "$DOCUMENTDB_STATE/gateway-host.json",
+  "CertificateOptions": {
+    "CertType": "pem_file",
+    "FilePath": "$DOCUMENTDB_HOME/tls/cert.pem",
+    "KeyFilePath": "$DOCUMENTDB_HOME/tls/key.pem"
+  }
+}
+JSON
+}
+
+postgres_running() {
+	as_pg_user "$(pg_bin pg_ctl)" status -D "$DOCUMENTDB_DATA" >/dev/null 2>&1
+}
+
+start_postgres() {
+	if ! postgres_running; then
+		as_pg_user "$(pg_bin pg_ctl)" start -D "$DOCUMENTDB_DATA" -w -t "$WAIT_SECONDS" \
+			-l "$DOCUMENTDB_PG_LOG" >/dev/null 9>&- ||
+			{ show_logs "$DOCUMENTDB_PG_LOG"; die "PostgreSQL did not start (log $DOCUMENTDB_PG_LOG)"; }
+	fi
+	local password
+	password="$(<"$DOCUMENTDB_PASSWORD_FILE")"
+	# Idempotent: the extension (and what it pulls in) and the store's login role.
+	pg_sql "CREATE EXTENSION IF NOT EXISTS documentdb CASCADE" >>"$LOG_DIR/documentdb-setup.log" 2>&1 ||
+		{ show_logs "$LOG_DIR/documentdb-setup.log" "$DOCUMENTDB_PG_LOG"; die "CREATE EXTENSION documentdb failed"; }
+	pg_sql "DO \$\$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DOCUMENTDB_USER') THEN
+			CREATE ROLE $DOCUMENTDB_USER WITH LOGIN CREATEROLE IN ROLE documentdb_admin_role;
+		END IF;
+		ALTER ROLE $DOCUMENTDB_USER WITH PASSWORD '$password';
+	END \$\$" >>"$LOG_DIR/documentdb-setup.log" 2>&1 ||
+		{ show_logs "$LOG_DIR/documentdb-setup.log"; die "creating the store's login role failed"; }
+	(
+		umask 077
+		printf 'mongodb://%s:%s@%s:%s/?authMechanism=SCRAM-SHA-256&directConnection=true\n' \
+			"$DOCUMENTDB_USER" "$password" "$STACK_HOST" "$MONGO_PORT" >"$DOCUMENTDB_URL_FILE"
+	)
+}
+
+start_documentdb() {
+	documentdb_installed || "$STACK_DIR/install-documentdb.sh"
+	mkdir -p "$LOG_DIR"
+	init_documentdb_dir
+	write_documentdb_config
+	start_postgres
+	RUST_LOG="${RUST_LOG:-warn}" setsid "$DOCUMENTDB_GATEWAY_BIN" "$DOCUMENTDB_STATE/gateway.json" \
+		</dev/null >>"$LOG_DIR/documentdb.log" 2>&1 9>&- &
+	echo $! >"$(pid_file documentdb)"
+	wait_ready documentdb 1 "$LOG_DIR/documentdb.log" "$DOCUMENTDB_PG_LOG"
 }
 
 parse_components "${1:-}"
@@ -203,6 +372,6 @@ log "${joined%, }; state in $STATE_DIR"
 for c in "${WANTED[@]}"; do
 	case "$c" in
 	kafka) echo "export FLOWYARD_KAFKA_BOOTSTRAP=$STACK_HOST:$KAFKA_PORT" ;;
-	ferretdb) echo "export FLOWYARD_MONGO_URL=mongodb://$STACK_HOST:$MONGO_PORT" ;;
+	documentdb) printf "export FLOWYARD_MONGO_URL='%s'\n" "$(<"$DOCUMENTDB_URL_FILE")" ;;
 	esac
 done

@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 all_up=0
-for c in kafka ferretdb; do
+for c in kafka documentdb; do
 	port="$(component_port "$c")"
 	if pid_alive "$c"; then
 		pid="$(<"$(pid_file "$c")")"

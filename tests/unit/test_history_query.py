@@ -19,6 +19,7 @@ from flowyard.history.query import (
     mongo_filter,
     mongo_sort,
     months_matching,
+    name_pattern,
     range_start,
     search_clauses,
 )
@@ -72,11 +73,12 @@ def test_filter_combines_fields_range_and_search() -> None:
         search="dec",
         now=NOW,
     )
-    built = mongo_filter(query)
-    equal, created, search = built["$and"]
+    built = mongo_filter(query, names=["billing-eu", "billing-us"])
+    equal, search, created = built["$and"]
     assert equal == {"status": {"$in": ["failed", "stopped"]}, "workflow_name": "billing"}
     assert created == {"created_at": {"$gte": NOW - timedelta(days=1)}}
-    assert {"created_month": {"$in": [12]}} in search["$or"]
+    assert {"created_month": 12} in search["$or"]
+    assert {"workflow_name": {"$in": ["billing-eu", "billing-us"]}} in search["$or"]
     assert mongo_sort(query) == [("created_at", -1), ("_id", -1)]
     assert mongo_filter(RunQuery()) == {}
 
@@ -111,11 +113,13 @@ def test_search_understands_months_dates_and_run_ids() -> None:
             "$lt": datetime(2026, 1, 1, tzinfo=UTC),
         }
     } in month
-    assert {"_id": {"$regex": "^abc123"}} in search_clauses("ABC123")
-    assert search_clauses("a.b*")[0] == {"workflow_name": {"$regex": r"a\.b\*", "$options": "i"}}
-    assert search_clauses("2025-13-45") == [
-        {"workflow_name": {"$regex": "2025\\-13\\-45", "$options": "i"}}
-    ]
+    # a run id prefix is a range of the _id index, not a regex
+    assert {"_id": {"$gte": "abc123", "$lt": "abc124"}} in search_clauses("ABC123")
+    # names the caller found containing the text; the text itself is never a regex on runs
+    assert search_clauses("a.b*", ["xa.b*y"])[0] == {"workflow_name": "xa.b*y"}
+    assert name_pattern("a.b*") == {"$regex": r"a\.b\*", "$options": "i"}
+    # nothing that can match: a filter that matches nothing (an empty $or is invalid)
+    assert search_clauses("2025-13-45") == [{"_id": {"$in": []}}]
     assert search_clauses("  ") == []
 
 

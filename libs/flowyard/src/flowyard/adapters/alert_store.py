@@ -41,6 +41,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from flowyard.adapters.indexes import ensure_indexes
 from flowyard.domain.alerts import (
     ActivityFilter,
     Alert,
@@ -107,19 +108,16 @@ class AlertStore:
             await client.close()
 
     async def ensure_indexes(self) -> None:
-        try:
-            await self.policies.create_index([("workflow_type", ASCENDING)], name="type")
-            await self.policies.create_index([("workflow", ASCENDING)], name="workflow")
-            await self.subscriptions.create_index([("run_id", ASCENDING)], name="run")
-            await self.due.create_index([("due_at", ASCENDING)], name="due")
-            await self.activity.create_index([("at", DESCENDING), ("_id", DESCENDING)], name="at")
-            await self.activity.create_index(
-                [("run_id", ASCENDING), ("at", DESCENDING)], name="run_at"
-            )
-            await self.watches.create_index([("due_at", ASCENDING)], name="due")
-            await self.watches.create_index([("run_id", ASCENDING)], name="run")
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+        await ensure_indexes(
+            self.policies.database,
+            (
+                "alert_policies",
+                "alert_subscriptions",
+                "alert_due",
+                "alert_activity",
+                "alert_runtime_watches",
+            ),
+        )
 
     # --- policies ----------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from flowyard.adapters.indexes import ensure_indexes
 from flowyard.domain.credentials import (
     NOT_FOUND,
     UNAVAILABLE,
@@ -123,10 +124,7 @@ class CredentialStore:
         return self._cipher
 
     async def ensure_indexes(self) -> None:
-        try:
-            await self.credentials.create_index([("updated_at", ASCENDING)], name="updated")
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+        await ensure_indexes(self.credentials.database, ("credentials",))
 
     async def set(
         self, name: str, value: str, description: str, by: str, now: datetime | None = None

@@ -1,13 +1,12 @@
 """MongoDB queries behind run history, logs, CSV export, analytics and retention.
 
-Works against MongoDB and FerretDB v1. The history indexes (:data:`flowyard.history.query.
-INDEXES`) serve every common filter with its sort order on MongoDB. FerretDB v1's SQLite
-backend creates them but plans every query as a full table scan (its ``explain`` says
-``SCAN`` with ``filterPushdown: false``): there the same queries are correct, and their
-cost grows with the number of stored runs.
-
-Only aggregation that FerretDB v1 implements is used (``$match``, ``$group`` with
-``$sum: 1``); everything else is computed here while streaming documents.
+The history indexes (:data:`flowyard.history.query.INDEXES`) serve every filter: equality
+fields first, then the sort key. MongoDB walks such an index in order and stops after the
+page. DocumentDB finds the matching runs through the index but sorts them afterwards, so a
+page read over all of a million runs would sort all that match. A page is therefore read
+in windows of its sort key (:func:`page_windows`): the last hour first, then wider, until
+the page is full; what gets sorted stays near the page size however many runs are stored,
+and the result is the same as one unbounded query.
 
 Logs are stored in chunks: one document per batch of lines of one attempt
 (``{run_id}:{node_id}:{attempt}:{chunk}``), written as the attempt runs and at its end.
@@ -24,12 +23,21 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from flowyard.adapters.indexes import ensure_indexes
 from flowyard.adapters.mongo import MongoStore
 from flowyard.adapters.mongo_documents import Document
 from flowyard.domain.run import RunStatus
 from flowyard.errors import InfrastructureError
 from flowyard.history.logs import LogRecord
-from flowyard.history.query import INDEXES, Cursor, RunQuery, mongo_filter, mongo_sort
+from flowyard.history.query import (
+    Cursor,
+    RunQuery,
+    SortKey,
+    mongo_filter,
+    mongo_sort,
+    name_pattern,
+    range_start,
+)
 
 # What a history row needs; the tasks (and user data) stay in the database.
 SUMMARY_PROJECTION: Document = {"tasks": 0, "trigger.data": 0, "parent": 0}
@@ -81,16 +89,7 @@ class HistoryStore:
         self.timers: AsyncCollection[Document] = store.timers
 
     async def ensure_indexes(self) -> None:
-        try:
-            for name, keys in INDEXES.items():
-                await self.runs.create_index(list(keys), name=name)
-            await self.logs.create_index(
-                [("run_id", ASCENDING), ("node_id", ASCENDING), ("attempt", ASCENDING)],
-                name="run_node_attempt",
-            )
-            await self.logs.create_index([("workflow_id", ASCENDING)], name="workflow")
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+        await ensure_indexes(self.runs.database, ("runs", "logs"))
 
     # --- history --------------------------------------------------------------------------
 
@@ -98,13 +97,18 @@ class HistoryStore:
         self, query: RunQuery, after: Cursor | None = None
     ) -> tuple[list[Document], Cursor | None]:
         """One page of run documents (without tasks) and the cursor of the next page."""
+        names = await self._names(query)
+        docs: list[Document] = []
         try:
-            cursor = (
-                self.runs.find(mongo_filter(query, after), SUMMARY_PROJECTION)
-                .sort(mongo_sort(query))
-                .limit(query.limit + 1)
-            )
-            docs = [doc async for doc in cursor]
+            for window in page_windows(query, after):
+                cursor = (
+                    self.runs.find(mongo_filter(query, after, names, window), SUMMARY_PROJECTION)
+                    .sort(mongo_sort(query))
+                    .limit(query.limit + 1)
+                )
+                docs = [doc async for doc in cursor]
+                if len(docs) > query.limit:
+                    break
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
         if len(docs) <= query.limit:
@@ -115,11 +119,11 @@ class HistoryStore:
     async def iter_runs(
         self, query: RunQuery, projection: Mapping[str, Any] | None = None, batch: int = 1000
     ) -> AsyncIterator[Document]:
-        """Every matching run in order, ``batch`` documents per round trip: one cursor
-        (MongoDB walks the index once; FerretDB sorts once), never all runs in memory."""
+        """Every matching run in order, ``batch`` documents per round trip: one cursor,
+        never all runs in memory."""
         try:
             cursor = self.runs.find(
-                mongo_filter(query),
+                mongo_filter(query, names=await self._names(query)),
                 dict(projection) if projection is not None else SUMMARY_PROJECTION,
                 batch_size=batch,
             ).sort(mongo_sort(query))
@@ -129,10 +133,12 @@ class HistoryStore:
             raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
 
     async def explain_list(self, query: RunQuery) -> Document:
-        """The server's plan for :meth:`list_runs` (tests show which index it uses)."""
+        """The server's plan for the first query :meth:`list_runs` sends (tests show which
+        index it uses)."""
+        window = next(iter(page_windows(query, None)))
         command: Document = {
             "find": self.runs.name,
-            "filter": mongo_filter(query),
+            "filter": mongo_filter(query, names=await self._names(query), window=window),
             "sort": dict(mongo_sort(query)),
             "projection": SUMMARY_PROJECTION,
             "limit": query.limit + 1,
@@ -144,6 +150,19 @@ class HistoryStore:
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB explain failed: {exc}") from exc
         return result
+
+    async def _names(self, query: RunQuery) -> list[str]:
+        """Workflow names containing the query's search text: from the registered workflows
+        and the dry runs' definitions (both small), never from the runs themselves."""
+        if not query.search.strip():
+            return []
+        pattern = name_pattern(query.search)
+        try:
+            names = set(await self.workflows.distinct("name", {"name": pattern}))
+            names |= set(await self.snapshots.distinct("name", {"name": pattern}))
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
+        return sorted(str(n) for n in names)
 
     async def active_runs(self) -> AsyncIterator[Document]:
         """Runs that are not finished, with their tasks (queue depth)."""
@@ -286,6 +305,53 @@ class HistoryStore:
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB delete failed: {exc}") from exc
         return PurgedRuns(runs.deleted_count, attempts.deleted_count, logs.deleted_count)
+
+
+# How far a page looks before it widens: windows of the start time (newest first: back from
+# the cursor or now), or lower bounds of the duration (longest first). Each is tried while
+# the page is not full; the last step has no bound. Widening by about x12 keeps the work of
+# the misses below a tenth of the final query's.
+STARTED_WINDOWS = (
+    timedelta(hours=1),
+    timedelta(hours=12),
+    timedelta(days=6),
+    timedelta(days=72),
+    timedelta(days=870),
+)
+DURATION_FLOORS_MS = (3_600_000, 300_000, 30_000, 2_000, 0)
+
+
+def page_windows(query: RunQuery, after: Cursor | None) -> list[Document | None]:
+    """The bounds of the sort key :meth:`HistoryStore.list_runs` tries in turn
+    (``{"$gte": ...}``); ``None`` is no bound.
+
+    Newest first: back from the cursor's start time (or ``until``, or now) by each window,
+    until the window reaches the query's own lower bound. Longest first: duration at least
+    each floor under the cursor's. Oldest and shortest first read unbounded (rare, and the
+    oldest run's time is not known without a scan)."""
+    windows: list[Document | None] = []
+    if query.ascending:
+        return [None]
+    if query.sort is SortKey.STARTED:
+        anchor = (
+            datetime.fromtimestamp(after.key / 1000, UTC)
+            if after is not None
+            else (query.until or query.now)
+        )
+        lower = [t for t in (range_start(query.date_range, query.now), query.since) if t]
+        floor = max(lower) if lower else None
+        for width in STARTED_WINDOWS:
+            start = anchor - width
+            if floor is not None and start <= floor:
+                break
+            windows.append({"$gte": start})
+    else:
+        cap = after.key if after is not None else None
+        for least in DURATION_FLOORS_MS:
+            if cap is None or least <= cap:
+                windows.append({"$gte": least})
+    windows.append(None)
+    return windows
 
 
 def _records(doc: Mapping[str, Any]) -> list[LogRecord]:

@@ -1,4 +1,4 @@
-"""MongoDB adapter (works against MongoDB and FerretDB v1).
+"""MongoDB adapter (MongoDB 7 semantics, as MongoDB and DocumentDB implement them).
 
 Only single-document atomic operations are used: runs are replaced conditionally on
 their ``revision``, idempotency keys and workflow versions rely on unique ``_id``s.
@@ -7,6 +7,7 @@ Driver errors leave this module as :class:`InfrastructureError`.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -14,10 +15,11 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from flowyard.adapters.indexes import ensure_indexes
 from flowyard.adapters.mongo_documents import (
     LOST_ERROR,
     Document,
@@ -35,6 +37,7 @@ from flowyard.adapters.mongo_documents import (
     workflow_from_doc,
     workflow_to_doc,
 )
+from flowyard.adapters.store_connection import store_address, wait_for_store
 from flowyard.domain.definition import (
     WorkflowDefinition,
 )
@@ -57,7 +60,9 @@ from flowyard.errors import (
 class MongoStore:
     """Workflows, runs and attempts in one database."""
 
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, *, wait_seconds: float = math.inf) -> None:
+        self.address = store_address(url)
+        self._wait_seconds = wait_seconds
         self._client: AsyncMongoClient[Document] = AsyncMongoClient(
             url, tz_aware=True, serverSelectionTimeoutMS=10_000, appname="flowyard"
         )
@@ -75,7 +80,14 @@ class MongoStore:
         return self._db
 
     async def __aenter__(self) -> MongoStore:
-        await self.ensure_indexes()
+        """Wait for the store (up to ``wait_seconds``, saying where it waits), then make
+        sure the indexes exist. A refused login raises StoreLoginError at once."""
+        try:
+            await wait_for_store(self._client, self.address, wait_seconds=self._wait_seconds)
+            await self.ensure_indexes()
+        except BaseException:
+            await self._client.close()
+            raise
         return self
 
     async def __aexit__(
@@ -87,25 +99,9 @@ class MongoStore:
         await self._client.close()
 
     async def ensure_indexes(self) -> None:
-        try:
-            await self.workflows.create_index(
-                [("name", ASCENDING), ("version", DESCENDING)], name="name_version", unique=True
-            )
-            await self.workflows.create_index([("workflow_id", ASCENDING)], name="workflow_id")
-            await self.runs.create_index(
-                [("workflow_id", ASCENDING), ("created_at", DESCENDING)], name="workflow_created"
-            )
-            await self.runs.create_index([("created_at", DESCENDING)], name="created")
-            await self.attempts.create_index([("run_id", ASCENDING)], name="run")
-            await self.runs.create_index(
-                [("workflow_id", ASCENDING), ("status", ASCENDING), ("created_at", ASCENDING)],
-                name="workflow_status_created",
-            )
-            await self.timers.create_index([("due_at", ASCENDING)], name="due")
-            await self.timers.create_index([("run_id", ASCENDING)], name="run")
-            await self.slots.create_index([("workflow_id", ASCENDING)], name="workflow")
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+        await ensure_indexes(
+            self._db, ("workflows", "runs", "attempts", "timers", "run_slots", "logs")
+        )
 
     async def ping(self) -> None:
         try:
@@ -397,6 +393,7 @@ class MongoStore:
         """Keep the definition a dry run executes (it is in no registry); idempotent."""
         doc: Document = {
             "_id": run_id,
+            "name": definition.name,  # history's free-text search finds runs by name
             "definition": definition_to_doc(definition),
             "created_at": datetime.now(UTC),
         }

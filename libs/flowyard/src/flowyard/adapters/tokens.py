@@ -18,6 +18,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from flowyard.adapters.indexes import ensure_indexes
 from flowyard.domain.access import (
     MAX_TOKEN_LENGTH,
     Role,
@@ -58,11 +59,7 @@ class TokenStore:
             await client.close()
 
     async def ensure_indexes(self) -> None:
-        try:
-            await self.tokens.create_index([("token_id", ASCENDING)], name="token_id", unique=True)
-            await self.tokens.create_index([("name", ASCENDING)], name="name")
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+        await ensure_indexes(self.tokens.database, ("tokens",))
 
     async def issue(
         self, name: str, role: Role, created_by: str, now: datetime | None = None

@@ -19,6 +19,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from flowyard.adapters.indexes import ensure_indexes
 from flowyard.adapters.mongo import MongoStore
 from flowyard.adapters.mongo_documents import Document
 from flowyard.domain.run import RunStatus
@@ -53,10 +54,7 @@ class TriggerStore:
         self.secrets = database["webhook_secrets"]
 
     async def ensure_indexes(self) -> None:
-        try:
-            await self._workflows.create_index([("updated_at", DESCENDING)], name="updated")
-        except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB index set-up failed: {exc}") from exc
+        await ensure_indexes(self._workflows.database, ("workflows",))
 
     async def registry_token(self) -> tuple[int, datetime | None]:
         """Changes whenever a workflow version is stored or a state is set: the number

@@ -169,33 +169,65 @@ def _date_span(text: str) -> tuple[datetime, datetime] | None:
     return None
 
 
-def search_clauses(text: str) -> list[Document]:
+def search_clauses(text: str, names: Sequence[str] = ()) -> list[Document]:
     """The ways a run can match free text (any one suffices): its workflow name contains
-    it; its id starts with it; it started in the month it names ("dec", "december") or on
-    the date, month or year it spells ("2025-12-03", "2025-12", "2025")."""
+    it (``names``: the workflow names that do, found by the caller among the few names
+    there are, so that the runs are found through the workflow index and not by reading
+    every run's name); its id starts with it; it started in the month it names ("dec",
+    "december") or on the date, month or year it spells ("2025-12-03", "2025-12", "2025").
+    Every clause is an equality or a range an index serves."""
     text = text.strip()
     if not text:
         return []
-    clauses: list[Document] = [
-        {"workflow_name": {"$regex": re.escape(text), "$options": "i"}},
-    ]
+    clauses: list[Document] = []
+    if names:
+        unique = sorted(set(names))
+        clauses.append(
+            {"workflow_name": unique[0] if len(unique) == 1 else {"$in": unique}},
+        )
     lowered = text.lower()
     if _RUN_ID.match(lowered):
-        clauses.append({"_id": {"$regex": f"^{lowered}"}})
+        clauses.append({"_id": {"$gte": lowered, "$lt": _prefix_end(lowered)}})
     months = months_matching(lowered)
     if months:
-        clauses.append({"created_month": {"$in": months}})
+        clauses.append({"created_month": months[0] if len(months) == 1 else {"$in": months}})
     span = _date_span(text)
     if span:
         clauses.append({"created_at": {"$gte": span[0], "$lt": span[1]}})
+    if not clauses:
+        # Nothing can match; still a valid filter (an empty $or is not).
+        clauses.append({"_id": {"$in": []}})
     return clauses
+
+
+def name_pattern(text: str) -> Document:
+    """What finds the workflow names containing ``text`` (case-insensitive), among names."""
+    return {"$regex": re.escape(text.strip()), "$options": "i"}
+
+
+def _prefix_end(prefix: str) -> str:
+    """The least string after every string that starts with ``prefix`` (hex ids)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 # --- filter, sort, cursor ----------------------------------------------------------------
 
 
-def mongo_filter(query: RunQuery, after: Cursor | None = None) -> Document:
-    """The MongoDB filter for ``query``, continuing after ``after`` when given."""
+def mongo_filter(
+    query: RunQuery,
+    after: Cursor | None = None,
+    names: Sequence[str] = (),
+    window: Document | None = None,
+) -> Document:
+    """The MongoDB filter for ``query``, continuing after ``after`` when given; ``names``
+    are the workflow names its search text matches (:func:`search_clauses`); ``window``
+    bounds the sort key further (``{"$gte": ...}``, see flowyard.adapters.history).
+
+    Every bound on the sort key goes inside the cursor's first branch, never beside the
+    cursor's ``$or``: DocumentDB 0.108 answers ``{$and: [{$or: [{k: {$lt: K}}, {k: K, _id:
+    {$lt: I}}]}, {k: {$gte: L}}]}`` without the second branch's documents (found by
+    tests/integration/test_history_indexes.py), and inside it the bound is redundant
+    for the second branch anyway (K itself lies within the bounds)."""
     parts: list[Document] = []
     equal: Document = {}
     if len(query.statuses) == 1:
@@ -220,13 +252,21 @@ def mongo_filter(query: RunQuery, after: Cursor | None = None) -> Document:
         created["$gte"] = max(lower)
     if query.until is not None:
         created["$lt"] = query.until
-    if created:
+    sort_bounds: Document = dict(window or {})
+    if query.sort is SortKey.STARTED:
+        for op, bound in created.items():
+            sort_bounds[op] = max(bound, sort_bounds[op]) if op in sort_bounds else bound
+    elif created:
         parts.append({"created_at": created})
-    clauses = search_clauses(query.search)
-    if clauses:
+    clauses = search_clauses(query.search, names)
+    if len(clauses) == 1:
+        parts.append(clauses[0])
+    elif clauses:
         parts.append({"$or": clauses})
     if after is not None:
-        parts.append(_after(query, after))
+        parts.append(_after(query, after, sort_bounds))
+    elif sort_bounds:
+        parts.append({query.sort.field: sort_bounds})
     if not parts:
         return {}
     if len(parts) == 1:
@@ -275,13 +315,21 @@ class Cursor:
         return cls(key, str(doc["_id"]), query.fingerprint())
 
 
-def _after(query: RunQuery, cursor: Cursor) -> Document:
+def _after(query: RunQuery, cursor: Cursor, bounds: Document) -> Document:
+    """Strictly after the cursor's run in the sort order, within ``bounds`` of the sort key
+    (those on the cursor's side are already met: its run lay within them)."""
     field_name = query.sort.field
     value: Any = _from_ms(cursor.key) if query.sort is SortKey.STARTED else cursor.key
     beyond = "$gt" if query.ascending else "$lt"
+    first: Document = {op: bound for op, bound in bounds.items() if op[:3] != beyond[:3]}
+    first[beyond] = value
+    if beyond in bounds:  # an upper (or lower) bound tighter than the cursor
+        first[beyond] = (
+            min(value, bounds[beyond]) if beyond == "$lt" else max(value, bounds[beyond])
+        )
     return {
         "$or": [
-            {field_name: {beyond: value}},
+            {field_name: first},
             {field_name: value, "_id": {beyond: cursor.run_id}},
         ]
     }
@@ -314,6 +362,8 @@ _DURATION_PREFIXES: tuple[tuple[str, ...], ...] = (
     ("status",),
     ("workflow_name",),
 )
+# Free-text search by month name ("dec"): the month, then the start time.
+_SEARCH_PREFIXES: tuple[tuple[str, ...], ...] = (("created_month",),)
 
 
 def _index_name(prefix: Sequence[str], sort: SortKey) -> str:
@@ -324,7 +374,7 @@ def _index_name(prefix: Sequence[str], sort: SortKey) -> str:
 INDEXES: dict[str, Keys] = {
     _index_name(prefix, sort): _with_sort(prefix, sort)
     for sort, prefixes in (
-        (SortKey.STARTED, _STARTED_PREFIXES),
+        (SortKey.STARTED, _STARTED_PREFIXES + _SEARCH_PREFIXES),
         (SortKey.DURATION, _DURATION_PREFIXES),
     )
     for prefix in prefixes
