@@ -3,7 +3,8 @@ history screens ask of the store, through the store code the gateway uses.
 
 Stages (``--sizes``, default 10,000 / 100,000 / 1,000,000 stored runs): seed up to the
 size, then measure there. The indexes are made first (``HistoryStore.ensure_indexes``), so
-they are maintained while the runs arrive, as in a deployment that grows.
+they are maintained while the runs arrive, as in a deployment that grows; the workflows
+are registered too (every version: search finds runs by the registered names).
 
 Seeding: ``insert_many(ordered=False)`` batches of 5,000 prebuilt run documents, three
 batches in flight. The mix: 30 workflows of 5 types (popularity skewed), versions 1-4 (a
@@ -22,8 +23,9 @@ Measured at each size:
   workflow, type, workflow + version, trigger kind, started by, date presets, text search,
   longest first, oldest first, the 50th page by cursor), p50/p95 and the rows returned;
   shapes with p95 over 50 ms are flagged;
-* run detail: a 500-task run with an attempt per task, loaded as ``RunService.GetRun``
-  does (run, definition and attempts, mapped to protobuf), p50/p95;
+* run detail: 500-task runs (the most a definition holds) with an attempt per task, one
+  with every task right after the trigger and one a chain 500 deep, loaded as
+  ``RunService.GetRun`` does (run, definition and attempts, mapped to protobuf), p50/p95;
 * CSV export: runs of the last 30 days (all runs while those are under 20,000), through
   ``HistoryStore.iter_runs`` and the CSV writer, at most 200,000 runs, runs/s;
 * analytics: what ``HistoryService.GetAnalytics`` computes for its default 30 days
@@ -39,7 +41,10 @@ Usage: python bench/history.py [--sizes 10000,100000,1000000] [--samples 20]
 Needs the document store: DocumentDB (or MongoDB) at FLOWYARD_MONGO_URL, else it starts
 the local one with ``scripts/stack/start.sh documentdb``. The database is
 ``bench_history_<random>`` unless ``--database`` names one; it is dropped at the end
-unless ``--keep`` (also with ``--reuse``, which continues seeding an existing database).
+unless ``--keep`` (also with ``--reuse``, which continues seeding an existing database:
+stages below what it holds are skipped). Seeding goes at the pace the store maintains its
+indexes: on DocumentDB, a few hundred runs/s a core, so 1M runs take the better part of
+an hour.
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache, partial
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -88,6 +94,8 @@ from flowyard_api_gateway.history_servicer import EXPORT_BATCH, run_query  # noq
 
 from tests.history_seed import Seed, make_run  # noqa: E402
 
+T = TypeVar("T")
+
 DAYS = 90
 BATCH = 5_000
 IN_FLIGHT = 3
@@ -107,61 +115,19 @@ ANALYTICS_BUDGET_S = 30.0
 # --- the mix ---------------------------------------------------------------------------
 
 TYPES: dict[str, tuple[str, ...]] = {
-    "etl": (
-        "orders-sync",
-        "customer-import",
-        "inventory-load",
-        "clickstream-etl",
-        "ledger-export",
-        "crm-sync",
-    ),
-    "reporting": (
-        "daily-sales-report",
-        "kpi-dashboard",
-        "weekly-digest",
-        "churn-report",
-        "finance-close",
-        "usage-report",
-    ),
-    "ops": (
-        "db-backup",
-        "cert-rotation",
-        "log-cleanup",
-        "health-check",
-        "cache-warmup",
-        "disk-audit",
-    ),
-    "ml": (
-        "model-retrain",
-        "feature-build",
-        "batch-scoring",
-        "drift-check",
-        "embedding-refresh",
-        "label-sync",
-    ),
-    "billing": (
-        "invoice-run",
-        "payment-reconcile",
-        "dunning",
-        "tax-calc",
-        "usage-metering",
-        "refund-batch",
-    ),
-}
-STEP_NAMES = (
-    "fetch",
-    "validate",
-    "transform",
-    "enrich",
-    "dedupe",
-    "score",
-    "load",
-    "render",
-    "upload",
-    "notify",
-    "archive",
-    "cleanup",
-)
+    "etl": ("orders-sync", "customer-import", "inventory-load", "clickstream-etl",
+            "ledger-export", "crm-sync"),
+    "reporting": ("daily-sales-report", "kpi-dashboard", "weekly-digest", "churn-report",
+                  "finance-close", "usage-report"),
+    "ops": ("db-backup", "cert-rotation", "log-cleanup", "health-check", "cache-warmup",
+            "disk-audit"),
+    "ml": ("model-retrain", "feature-build", "batch-scoring", "drift-check",
+           "embedding-refresh", "label-sync"),
+    "billing": ("invoice-run", "payment-reconcile", "dunning", "tax-calc", "usage-metering",
+                "refund-batch"),
+}  # fmt: skip
+STEP_NAMES = ("fetch", "validate", "transform", "enrich", "dedupe", "score", "load", "render",
+              "upload", "notify", "archive", "cleanup")  # fmt: skip
 # A finished run's status; active runs (ACTIVE_SHARE of all) were created in the last
 # ACTIVE_WINDOW and are running, waiting or queued.
 FINISHED_MIX = {RunStatus.SUCCEEDED: 88, RunStatus.FAILED: 8, RunStatus.STOPPED: 4}
@@ -299,16 +265,26 @@ def real_doc(spec: RunSpec) -> Document:
 
 
 _FINISHED_TASKS = frozenset(s.value for s in TaskStatus if s.finished)
-_templates: dict[tuple[str, int, RunStatus, int, int], Document] = {}
+# Per kind of run: its document and, per task, (started, finished): whether make_run gives
+# the task a start and an end.
+_templates: dict[
+    tuple[str, int, RunStatus, int, int], tuple[Document, tuple[tuple[bool, bool], ...]]
+] = {}
 
 
 def fast_doc(spec: RunSpec) -> Document:
     """:func:`real_doc` of ``spec``, from the template of its kind of run: the fields
     that differ between such runs are set the way run_to_doc and make_run set them."""
     key = (spec.workflow.name, spec.version, spec.status, spec.broken_at, spec.warnings)
-    template = _templates.get(key)
-    if template is None:
-        template = _templates[key] = real_doc(spec)
+    found = _templates.get(key)
+    if found is None:
+        template = real_doc(spec)
+        flags = tuple(
+            (t["status"] != TaskStatus.PENDING.value, t["status"] in _FINISHED_TASKS)
+            for t in template["tasks"]
+        )
+        found = _templates[key] = (template, flags)
+    template, flags = found
     start = spec.created_at
     finished = spec.status.finished
     doc = dict(template)
@@ -327,12 +303,15 @@ def fast_doc(spec: RunSpec) -> Document:
     doc["created_month"] = start.month
     tasks = []
     moment = start
-    for task, seconds in zip(template["tasks"], spec.seconds, strict=True):
+    for task, (started, ends), seconds in zip(template["tasks"], flags, spec.seconds, strict=True):
         end = moment + timedelta(seconds=seconds)
-        copy = dict(task)
-        copy["started_at"] = None if task["status"] == "pending" else moment
-        copy["finished_at"] = end if task["status"] in _FINISHED_TASKS else None
-        tasks.append(copy)
+        tasks.append(
+            {
+                **task,
+                "started_at": moment if started else None,
+                "finished_at": end if ends else None,
+            }
+        )
         moment = end
     doc["tasks"] = tasks
     return doc
@@ -437,55 +416,89 @@ async def seed_runs(store: MongoStore, seeder: Seeder, count: int) -> None:
                 task.result()
         pending.add(asyncio.create_task(store.runs.insert_many(docs, ordered=False)))
         await asyncio.sleep(0)  # let it start sending while the next batch is built
-    for task in asyncio.as_completed(pending):
-        await task
+    await asyncio.gather(*pending)
 
 
-# --- the 500-task run ------------------------------------------------------------------
-
-BIG_NAME = "bench-big-run"
-BIG_WORKFLOW_ID = f"id-{BIG_NAME}"
-BIG_RUN_ID = uuid.uuid5(uuid.NAMESPACE_URL, "flowyard/bench/history/big-run").hex
+# --- workflows and the 500-task runs ---------------------------------------------------
 
 
-async def insert_big_run(store: MongoStore, now: datetime) -> None:
-    """A workflow of the most nodes a definition may hold and one run of it, every task
-    succeeded with one attempt (kept when it is there already: ``--reuse``)."""
+def definition(
+    name: str, workflow_type: str, steps: Sequence[str], *, parallel: bool = False
+) -> WorkflowDefinition:
+    """A trigger, then code nodes: one after another, or all right after the trigger."""
     nodes: list[dict[str, Any]] = [{"id": "start", "type": "trigger"}] + [
-        {"id": f"t{i:04d}", "type": "code", "config": {"source": "result = 1"}}
-        for i in range(1, DETAIL_TASKS)
+        {"id": step, "type": "code", "config": {"source": "result = 1"}} for step in steps
     ]
-    edges = [{"from": "start", "to": n["id"]} for n in nodes[1:]]
-    definition = parse_definition({"name": BIG_NAME, "nodes": nodes, "edges": edges})
-    await store.insert_workflow(
-        StoredWorkflow(BIG_WORKFLOW_ID, 1, WorkflowState.ACTIVE, definition, now, now)
-    )
-    seed = Seed(
-        BIG_NAME,
-        now,
-        workflow_type="ops",
-        trigger=TriggerKind.MANUAL,
-        steps=tuple((str(n["id"]), TaskStatus.SUCCEEDED, 0.01) for n in nodes),
-        run_id=BIG_RUN_ID,
-    )
-    run = make_run(seed)
-    if not await store.insert_run(run):
-        return
-    attempts = [
-        Attempt(
-            run.run_id,
-            task.node_id,
-            1,
-            TaskStatus.SUCCEEDED,
-            {"x": 1},
-            {"y": 2},
-            executor_id="bench",
-            started_at=task.started_at,
-            finished_at=task.finished_at,
+    ids = [str(n["id"]) for n in nodes]
+    pairs = [("start", i) for i in ids[1:]] if parallel else list(pairwise(ids))
+    edges = [{"from": a, "to": b} for a, b in pairs]
+    document = {"name": name, "type": workflow_type, "nodes": nodes, "edges": edges}
+    return parse_definition(document)
+
+
+async def register_workflows(store: MongoStore, now: datetime) -> None:
+    """Every version of the 30 workflows, as ``id-<name>`` (the id make_run gives runs);
+    a version was registered when its runs begin. Search finds runs through these names."""
+    for workflow in WORKFLOWS:
+        steps = definition(workflow.name, workflow.workflow_type, workflow.steps)
+        for version in range(1, workflow.versions + 1):
+            since = (
+                now - timedelta(days=DAYS) * (workflow.versions - version + 1) / workflow.versions
+            )
+            await store.insert_workflow(
+                StoredWorkflow(
+                    f"id-{workflow.name}", version, WorkflowState.ACTIVE, steps, since, since
+                )
+            )
+
+
+# The largest runs there are (a definition holds at most 500 nodes), in two shapes: every
+# task right after the trigger, and a chain 500 deep. Shape -> (workflow name, run id).
+BIG_RUNS = {
+    shape: (f"bench-big-{shape}", uuid.uuid5(uuid.NAMESPACE_URL, f"flowyard/bench/{shape}").hex)
+    for shape in ("wide", "deep")
+}
+BIG_LABELS = {"wide": "wide: the trigger, then 499 side by side", "deep": "deep: a chain 500 long"}
+# Before the windows analytics and the CSV export read, so that they see the mix alone.
+BIG_AGE = timedelta(days=45)
+
+
+async def insert_big_runs(store: MongoStore, now: datetime) -> None:
+    """A workflow of each big shape and one run of it, BIG_AGE old, every task succeeded
+    with one attempt (kept when they are there already: ``--reuse``)."""
+    now -= BIG_AGE
+    for shape, (name, run_id) in BIG_RUNS.items():
+        steps = [f"t{i:04d}" for i in range(1, DETAIL_TASKS)]
+        big = definition(name, "ops", steps, parallel=shape == "wide")
+        await store.insert_workflow(
+            StoredWorkflow(f"id-{name}", 1, WorkflowState.ACTIVE, big, now, now)
         )
-        for task in run.tasks.values()
-    ]
-    await store.attempts.insert_many([attempt_to_doc(a) for a in attempts], ordered=False)
+        seed = Seed(
+            name,
+            now,
+            workflow_type="ops",
+            trigger=TriggerKind.MANUAL,
+            steps=tuple((node.id, TaskStatus.SUCCEEDED, 0.01) for node in big.nodes),
+            run_id=run_id,
+        )
+        run = make_run(seed)
+        if not await store.insert_run(run):
+            continue
+        attempts = [
+            Attempt(
+                run.run_id,
+                task.node_id,
+                1,
+                TaskStatus.SUCCEEDED,
+                {"x": 1},
+                {"y": 2},
+                executor_id="bench",
+                started_at=task.started_at,
+                finished_at=task.finished_at,
+            )
+            for task in run.tasks.values()
+        ]
+        await store.attempts.insert_many([attempt_to_doc(a) for a in attempts], ordered=False)
 
 
 async def _definition_of(store: MongoStore, run: RunState) -> WorkflowDefinition:
@@ -591,14 +604,15 @@ def percentile(times: Sequence[float], fraction: float) -> float:
     return ordered[max(math.ceil(fraction * len(ordered)), 1) - 1]
 
 
-async def timed(call: Callable[[], Awaitable[object]], samples: int) -> list[float]:
-    await call()  # warm-up, not counted
+async def timed(call: Callable[[], Awaitable[T]], samples: int) -> tuple[T, list[float]]:
+    """What ``call`` returns (a warm-up call, not timed) and the times of ``samples`` more."""
+    result = await call()
     times = []
     for _ in range(samples):
         began = time.perf_counter()
         await call()
         times.append(time.perf_counter() - began)
-    return times
+    return result, times
 
 
 @dataclass
@@ -648,39 +662,38 @@ async def cursor_to_page(
 def _page_row(name: str, rows: int, times: Sequence[float]) -> str:
     p50, p95 = percentile(times, 0.5) * 1000, percentile(times, 0.95) * 1000
     flag = f"  > {PAGE_TARGET_MS:.0f} ms" if p95 > PAGE_TARGET_MS else ""
-    return f"  {name:40s} {rows:5d} {p50:9.1f} {p95:9.1f}{flag}"
+    return f"  {name:48s} {rows:5d} {p50:9.1f} {p95:9.1f}{flag}"
 
 
 async def measure(store: MongoStore, history: HistoryStore, size: int, samples: int) -> StageResult:
     result = StageResult(size)
     now = datetime.now(UTC)
     print(f"history page: HistoryStore.list_runs, limit 50, {samples} samples a shape")
-    print(f"  {'shape':40s} {'rows':>5s} {'p50 ms':>9s} {'p95 ms':>9s}")
+    print(f"  {'shape':48s} {'rows':>5s} {'p50 ms':>9s} {'p95 ms':>9s}")
     queries = shapes(now)
     for name, query in queries.items():
-        docs, _ = await history.list_runs(query)
-        times = await timed(partial(history.list_runs, query), samples)
+        (docs, _), times = await timed(partial(history.list_runs, query), samples)
         result.pages[name] = percentile(times, 0.95)
         print(_page_row(name, len(docs), times), flush=True)
     for name in ("all, newest first", "status failed"):
         query = queries[name]
         number, cursor = await cursor_to_page(history, query, CURSOR_PAGE)
-        docs, _ = await history.list_runs(query, cursor)
-        times = await timed(partial(history.list_runs, query, cursor), samples)
-        label = f"page {number} by cursor: {name}"
-        if number < CURSOR_PAGE:
-            label += f" (last of {number})"
+        (docs, _), times = await timed(partial(history.list_runs, query, cursor), samples)
+        last = " (the last)" if number < CURSOR_PAGE else ""
+        label = f"page {number}{last} by cursor: {name}"
         result.pages[label] = percentile(times, 0.95)
         print(_page_row(label, len(docs), times), flush=True)
 
-    view = await run_detail_call(store, BIG_RUN_ID)
-    times = await timed(partial(run_detail_call, store, BIG_RUN_ID), samples)
-    attempts = sum(len(t.attempts) for t in view.tasks)
-    print(
-        f"run detail ({len(view.tasks)} tasks, {attempts} attempts, as RunService.GetRun): "
-        f"p50 {percentile(times, 0.5) * 1000:.1f} ms, p95 {percentile(times, 0.95) * 1000:.1f} ms",
-        flush=True,
-    )
+    print(f"run detail: as RunService.GetRun, {samples} samples a shape")
+    print(f"  {'run':48s} {'tasks':>5s} {'attempts':>8s} {'p50 ms':>9s} {'p95 ms':>9s}")
+    for shape, (_name, run_id) in BIG_RUNS.items():
+        view, times = await timed(partial(run_detail_call, store, run_id), samples)
+        attempts = sum(len(t.attempts) for t in view.tasks)
+        print(
+            f"  {BIG_LABELS[shape]:48s} {len(view.tasks):5d} {attempts:8d} "
+            f"{percentile(times, 0.5) * 1000:9.1f} {percentile(times, 0.95) * 1000:9.1f}",
+            flush=True,
+        )
 
     last_30d = RunQuery(date_range=DateRange.LAST_30D, now=now).check()
     in_30d = await store.runs.count_documents({"created_at": {"$gte": now - timedelta(days=30)}})
@@ -781,7 +794,7 @@ def _target(label: str, met: bool, figure: str, size: int) -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split()))
     parser.add_argument(
         "--sizes",
         type=parse_sizes,
@@ -818,7 +831,8 @@ async def main() -> None:
         results: list[StageResult] = []
         try:
             await history.ensure_indexes()  # before the runs, as a deployment grows
-            await insert_big_run(store, datetime.now(UTC))
+            await register_workflows(store, datetime.now(UTC))
+            await insert_big_runs(store, datetime.now(UTC))
             stored = await store.runs.count_documents({})
             seeder = Seeder(datetime.now(UTC), seed=stored)
             for size in args.sizes:
@@ -835,8 +849,8 @@ async def main() -> None:
                 rate = f" = {count / seeding:,.0f} runs/s" if count else ""
                 print(
                     f"seeded {count:,} runs in {seeding:.1f} s{rate} ({BATCH:,} a batch, "
-                    f"{IN_FLIGHT} in flight; {seeder.checked:,} checked against run_to_doc "
-                    f"so far; counting the 500-task run)",
+                    f"{IN_FLIGHT} in flight); stored: {size:,} with the 500-task runs; "
+                    f"{seeder.checked:,} documents checked against run_to_doc so far",
                     flush=True,
                 )
                 seeded = Cpu.now()

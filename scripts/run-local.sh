@@ -63,6 +63,11 @@ echo "  $FLOWYARD_TOKEN"
 echo "use it with: export FLOWYARD_TOKEN=\$(cat $TOKEN_FILE)"
 echo
 
+# restock-check's query node reads the local store: its URL (with the login start.sh made)
+# is kept as a credential, so it is encrypted at rest and redacted from outputs and logs.
+printf '%s' "$FLOWYARD_MONGO_URL" | flowyard credential set local_store_url \
+	--description "the local document store (make run)" >/dev/null
+
 for file in examples/*.yaml; do
 	flowyard workflow apply -f "$file"
 done

@@ -23,6 +23,11 @@ DEV_HTTP_PORT="${FLOWYARD_DEV_HTTP_PORT:-8086}"
 LOGS="$STATE_DIR/logs"
 mkdir -p "$LOGS"
 
+# The local store's URL (with the login start.sh made for this state dir), unless given.
+if [[ -z "${FLOWYARD_MONGO_URL:-}" && -s "$DOCUMENTDB_URL_FILE" ]]; then
+	FLOWYARD_MONGO_URL=$(<"$DOCUMENTDB_URL_FILE")
+	export FLOWYARD_MONGO_URL
+fi
 if [[ -z "${FLOWYARD_SMTP_HOST:-}" ]]; then
 	export FLOWYARD_SMTP_HOST="$STACK_HOST"
 	export FLOWYARD_SMTP_PORT="${FLOWYARD_SMTP_PORT:-$DEV_SMTP_PORT}"

@@ -2,7 +2,7 @@
 
 1. addresses in the environment (FLOWYARD_KAFKA_BOOTSTRAP and FLOWYARD_MONGO_URL);
 2. testcontainers, when a Docker daemon answers;
-3. the project's local stack (scripts/stack/start.sh: Kafka from its jars, FerretDB).
+3. the project's local stack (scripts/stack/start.sh: Kafka from its jars, DocumentDB).
 """
 
 from __future__ import annotations

@@ -25,6 +25,12 @@ DOCUMENTDB_HOME="$CACHE_DIR/documentdb-$DOCUMENTDB_VERSION-${DOCUMENTDB_COMMIT:0
 DOCUMENTDB_GATEWAY_BIN="$DOCUMENTDB_HOME/bin/documentdb_gateway"
 DOCUMENTDB_MARKER="$DOCUMENTDB_HOME/.installed"
 
+# The readiness checks speak Kafka's and MongoDB's protocols with the project's own
+# environment when it exists (kafka-python, pymongo), else fall back to simpler probes.
+if [[ -z "${PYTHON:-}" && -x "$REPO_ROOT/.venv/bin/python" ]]; then
+	PYTHON="$REPO_ROOT/.venv/bin/python"
+fi
+
 STACK_HOST="127.0.0.1"
 KAFKA_PORT="${FLOWYARD_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${FLOWYARD_KAFKA_CONTROLLER_PORT:-9093}"

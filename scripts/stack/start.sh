@@ -266,7 +266,10 @@ max_wal_size = '4GB'
 checkpoint_timeout = '15min'
 random_page_cost = 1.1
 logging_collector = off
-log_min_messages = warning
+# The extension reports routine work at LOG and every client error (a duplicate key: each
+# idempotent insert that finds its document) at ERROR, both above WARNING in the server
+# log's order: clients get their errors, the log keeps what stops the server.
+log_min_messages = fatal
 log_min_error_statement = panic
 CONF
 	grep -q "^include_if_exists = 'flowyard.conf'" "$DOCUMENTDB_DATA/postgresql.conf" ||

@@ -38,12 +38,7 @@ WEBHOOK_PORT = 8080
 # Series Prometheus itself adds to every scrape.
 SYNTHETIC_SERIES = frozenset({"up"})
 
-YAML_FILES = sorted(
-    p
-    for pattern in ("*.yaml", "*.yml")
-    for p in DEPLOY.rglob(pattern)
-    if "ferretdb-launcher" not in p.parts
-)
+YAML_FILES = sorted(p for pattern in ("*.yaml", "*.yml") for p in DEPLOY.rglob(pattern))
 
 
 def _rel(path: Path) -> str:

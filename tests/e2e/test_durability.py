@@ -7,6 +7,7 @@ stack; the gateway runs in-process to register workflows and start runs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -224,3 +225,61 @@ async def test_an_executor_killed_mid_task_has_its_work_finished_elsewhere(
         n = run.trigger.data.struct_value.fields["n"].number_value
         after = next(t for t in run.tasks if t.node_id == "after")
         assert codec.value_to_json(after.output) == n + 100
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _restart_local_store() -> None:
+    """Stop and start the local stack's DocumentDB (gateway and PostgreSQL)."""
+    for script in ("stop.sh", "start.sh"):
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "stack" / script), "documentdb"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+def _local_store_serves(settings: Settings) -> bool:
+    status = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stack" / "status.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    port = os.environ.get("FLOWYARD_MONGO_PORT", "27017")
+    return "documentdb: up (pid" in status and f"127.0.0.1:{port}/" in settings.mongo_url
+
+
+async def test_runs_continue_after_the_store_restarts_mid_run(
+    settings: Settings, services: Services, gateway: Any, eventually: Eventually
+) -> None:
+    if not _local_store_serves(settings):
+        pytest.skip("the store is not the local stack's DocumentDB: this test restarts it")
+    await register(gateway, STEPS)
+    services.start("executor")
+    services.start("scheduler")
+    run_ids = await start_runs(gateway, "durable-steps", 4)
+
+    async def some_waiting() -> None:
+        runs = await get_runs(gateway, run_ids)
+        assert any(r.status == run_pb2.RUN_STATUS_WAITING for r in runs)
+
+    await eventually(some_waiting, within=60)
+    await asyncio.to_thread(_restart_local_store)  # delays pending, tasks in flight
+
+    async def all_finished() -> list[run_pb2.Run]:
+        try:
+            runs = await get_runs(gateway, run_ids)
+        except grpc.aio.AioRpcError as exc:  # the gateway's store still reconnecting
+            raise AssertionError(exc.details()) from exc
+        assert all(r.status in FINISHED for r in runs), [r.status for r in runs]
+        return runs
+
+    for run in await eventually(all_finished, within=120):
+        # at-least-once: a result the store could not take is executed again
+        assert_finished_correctly(run)
+        n = run.trigger.data.struct_value.fields["n"].number_value
+        c = next(t for t in run.tasks if t.node_id == "c")
+        assert codec.value_to_json(c.output) == (n + 1) * 10

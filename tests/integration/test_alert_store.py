@@ -1,6 +1,6 @@
 """The alert store against the real MongoDB-compatible server: the dedup key, attempt
-claims under concurrency (FerretDB v1 does not apply conditional updates atomically, so
-claims are unique inserts), taking over a dead instance's claim, the activity log's filters
+claims under concurrency (claims are unique inserts), taking over a dead instance's claim,
+the activity log's filters
 and pages, and runtime watches."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ service's ``__main__`` and the frozen object is passed down, never re-read.
 | env | default | meaning |
 |---|---|---|
 | FLOWYARD_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers (comma-separated) |
-| FLOWYARD_MONGO_URL | mongodb://127.0.0.1:27017 | MongoDB (or FerretDB) connection string |
+| FLOWYARD_MONGO_URL | mongodb://127.0.0.1:27017 | MongoDB (or DocumentDB) connection string |
 | FLOWYARD_MONGO_DB | flowyard | database name |
 | FLOWYARD_TOPIC_PREFIX | flowyard | prefix of every topic and consumer group name |
 | FLOWYARD_TOPIC_PARTITIONS | 4 | partitions of the topics Flowyard creates |

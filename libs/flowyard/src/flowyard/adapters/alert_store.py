@@ -1,4 +1,4 @@
-"""Alert state in MongoDB (works against FerretDB v1): policies, settings, run
+"""Alert state in MongoDB: policies, settings, run
 subscriptions, the alert queue, the activity log and runtime watches.
 
 Collections:
@@ -17,9 +17,8 @@ Collections:
 | alert_due | alert id | pending alerts only, with their next due time (what the poller |
 |   |   | reads: it stays small however many alerts were sent) |
 
-Every write is single-document. What must happen once rests on unique keys, never on a
-conditional update (FerretDB v1 lets two concurrent conditional updates of one document
-both match): the alert's ``_id`` (one alert per run, kind and recipient) and each
+Every write is single-document. What must happen once rests on unique keys: the alert's
+``_id`` (one alert per run, kind and recipient) and each
 attempt's claim in ``alert_claims``, so two alerter instances, or a message delivered
 twice, never make the same attempt twice. Driver errors leave this module as
 :class:`InfrastructureError`.
@@ -304,8 +303,7 @@ class AlertStore:
         making that attempt. Until ``lease_until`` nobody else makes it.
 
         The claim is the insert of ``<alert id>#<attempt>`` into ``alert_claims``: a unique
-        key is atomic on MongoDB and FerretDB alike (FerretDB v1 does not apply a
-        conditional update atomically: two concurrent ones can both match). A claim whose
+        key makes exactly one instance the maker of that attempt. A claim whose
         lease passed belongs to an instance presumed dead: the next number is taken.
         """
         if not await self._pending(alert_id, attempts):
@@ -353,8 +351,7 @@ class AlertStore:
         await self._update(self.claims, {"_id": f"{alert_id}#{attempt}"}, {"$set": {"done": True}})
 
     # Writes below look documents up by ``_id`` alone (after checking, by reading, that the
-    # attempt is the current one): the claim already made the writer the only one, and an
-    # ``_id``-only filter is what FerretDB v1 hands to SQLite instead of scanning.
+    # attempt is the current one): the claim already made the writer the only one.
 
     async def postpone_alert(self, alert_id: str, attempts: int, due_at: datetime) -> bool:
         """Move a pending alert's next try, unless an attempt was taken meanwhile."""
@@ -404,7 +401,7 @@ class AlertStore:
 
     async def move_due(self, alert: Alert, due_at: datetime) -> bool:
         """The poller's claim: move a due alert's due time; False when it moved meanwhile
-        (another instance's poller). Not atomic on FerretDB; the attempt claims are."""
+        (another instance's poller)."""
         return await self._update(
             self.due, {"_id": alert.alert_id, "due_at": alert.due_at}, {"$set": {"due_at": due_at}}
         )

@@ -227,16 +227,15 @@ class HistoryStore:
         return await self._count_by(self.runs, "workflow_name")
 
     async def log_line_counts(self) -> dict[str, int]:
-        """Stored log chunks' lines per workflow id (summed here: FerretDB v1's ``$sum``
-        of a field is not reliable)."""
-        counts: dict[str, int] = {}
+        """Stored log chunks' lines per workflow id."""
+        pipeline: list[Document] = [
+            {"$group": {"_id": "$workflow_id", "n": {"$sum": "$count"}}},
+        ]
         try:
-            async for doc in self.logs.find({}, {"workflow_id": 1, "count": 1}):
-                key = str(doc.get("workflow_id", ""))
-                counts[key] = counts.get(key, 0) + int(doc.get("count", 0))
+            cursor = await self.logs.aggregate(pipeline)
+            return {str(doc["_id"] or ""): int(doc["n"]) async for doc in cursor}
         except PyMongoError as exc:
-            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
-        return counts
+            raise InfrastructureError(f"MongoDB aggregation failed: {exc}") from exc
 
     async def oldest_run(self, workflow_name: str) -> datetime | None:
         try:
@@ -309,16 +308,10 @@ class HistoryStore:
 
 # How far a page looks before it widens: windows of the start time (newest first: back from
 # the cursor or now), or lower bounds of the duration (longest first). Each is tried while
-# the page is not full; the last step has no bound. Widening by about x12 keeps the work of
-# the misses below a tenth of the final query's.
-STARTED_WINDOWS = (
-    timedelta(hours=1),
-    timedelta(hours=12),
-    timedelta(days=6),
-    timedelta(days=72),
-    timedelta(days=870),
-)
-DURATION_FLOORS_MS = (3_600_000, 300_000, 30_000, 2_000, 0)
+# the page is not full; the last step has no bound. A step of x6 (x4 for durations, which
+# bunch more) keeps both the wasted queries and the final window's overshoot small.
+STARTED_WINDOWS = tuple(timedelta(hours=6**k) for k in range(7))  # 1 h .. 5.3 years
+DURATION_FLOORS_MS = (*(int(604_800_000 / 4**k) for k in range(11)), 0)  # 7 days .. 0.6 s, 0
 
 
 def page_windows(query: RunQuery, after: Cursor | None) -> list[Document | None]:

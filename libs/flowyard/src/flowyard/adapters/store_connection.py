@@ -15,8 +15,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient, uri_parser
-from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, OperationFailure
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    InvalidURI,
+    OperationFailure,
+    PyMongoError,
+)
 
 from flowyard.errors import InfrastructureError
 
@@ -67,8 +74,11 @@ async def wait_for_store(
     started = time.monotonic()
     next_log = started
     while True:
+        remaining = wait_seconds - (time.monotonic() - started)
         try:
-            await client.admin.command("ping")
+            # one bounded try (server selection included), so the log line comes on time
+            with pymongo.timeout(max(min(5.0, remaining), 0.5)):
+                await client.admin.command("ping")
             if time.monotonic() > started + 1:
                 log.info("the document store at %s answers", address.hosts)
             return
@@ -80,14 +90,9 @@ async def wait_for_store(
                     " (check the user and password in FLOWYARD_MONGO_URL)"
                 ) from None
             reason = str(exc.details.get("errmsg") if exc.details else exc)
-        except ConnectionFailure as exc:
+        except (ConnectionFailure, PyMongoError) as exc:  # incl. the try's time-out
             reason = _first_line(str(exc))
         now = time.monotonic()
-        if now - started >= wait_seconds:
-            raise InfrastructureError(
-                f"the document store at {address.hosts} did not answer within "
-                f"{wait_seconds:.0f} s: {reason}"
-            )
         if now >= next_log:
             log.warning(
                 "waiting for the document store at %s (%s): %s",
@@ -96,6 +101,11 @@ async def wait_for_store(
                 reason,
             )
             next_log = now + log_every
+        if now - started >= wait_seconds:
+            raise InfrastructureError(
+                f"the document store at {address.hosts} did not answer within "
+                f"{wait_seconds:.0f} s: {reason}"
+            )
         await asyncio.sleep(1.0)
 
 

@@ -2,8 +2,8 @@
 the slowest steps, success rates per workflow, type and day, runs per day, the duration
 trend, and the queue depth of active runs.
 
-Computed while streaming the period's run documents (FerretDB v1 lacks the aggregation
-operators this would need), so the cost grows with the runs in the period. Success rate
+Computed while streaming the period's run documents, so the cost grows with the runs in
+the period. Success rate
 is succeeded / (succeeded + failed): stopped runs were an operator's decision.
 Percentiles use the nearest-rank method.
 """
