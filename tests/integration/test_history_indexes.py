@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from flowyard.adapters.alert_store import AlertStore
-from flowyard.adapters.history import HistoryStore, page_windows
+from flowyard.adapters.history import HistoryStore, PageWindows
 from flowyard.adapters.mongo import MongoStore
 from flowyard.config import Settings
 from flowyard.domain.run import RunStatus, TriggerKind
@@ -143,7 +143,7 @@ async def test_a_page_after_a_cursor_reads_through_an_index(history: HistoryStor
     query = replace(QUERIES["failed"], now=NOW, limit=5)
     _, cursor = await history.list_runs(query)
     assert cursor is not None
-    window = page_windows(query, cursor)[0]
+    window = PageWindows(query, cursor).first()
     assert window is not None
     plan = await explain_find(
         history.runs,

@@ -4,7 +4,7 @@ The history indexes (:data:`flowyard.history.query.INDEXES`) serve every filter:
 fields first, then the sort key. MongoDB walks such an index in order and stops after the
 page. DocumentDB finds the matching runs through the index but sorts them afterwards, so a
 page read over all of a million runs would sort all that match. A page is therefore read
-in windows of its sort key (:func:`page_windows`): the last hour first, then wider, until
+in windows of its sort key (:class:`PageWindows`): the last hour first, then wider, until
 the page is full; what gets sorted stays near the page size however many runs are stored,
 and the result is the same as one unbounded query.
 
@@ -87,6 +87,7 @@ class HistoryStore:
         self.logs: AsyncCollection[Document] = store.runs.database["logs"]
         self.snapshots: AsyncCollection[Document] = store.snapshots
         self.timers: AsyncCollection[Document] = store.timers
+        self._oldest: tuple[datetime, datetime | None] | None = None
 
     async def ensure_indexes(self) -> None:
         await ensure_indexes(self.runs.database, ("runs", "logs"))
@@ -98,17 +99,20 @@ class HistoryStore:
     ) -> tuple[list[Document], Cursor | None]:
         """One page of run documents (without tasks) and the cursor of the next page."""
         names = await self._names(query)
-        docs: list[Document] = []
+        oldest = await self._oldest_run_time() if query.ascending else None
+        windows = PageWindows(query, after, oldest)
+        window = windows.first()
         try:
-            for window in page_windows(query, after):
+            while True:
                 cursor = (
                     self.runs.find(mongo_filter(query, after, names, window), SUMMARY_PROJECTION)
                     .sort(mongo_sort(query))
                     .limit(query.limit + 1)
                 )
                 docs = [doc async for doc in cursor]
-                if len(docs) > query.limit:
+                if len(docs) > query.limit or window is None:
                     break
+                window = windows.widen(len(docs))
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
         if len(docs) <= query.limit:
@@ -135,7 +139,7 @@ class HistoryStore:
     async def explain_list(self, query: RunQuery) -> Document:
         """The server's plan for the first query :meth:`list_runs` sends (tests show which
         index it uses)."""
-        window = next(iter(page_windows(query, None)))
+        window = PageWindows(query, None).first()
         command: Document = {
             "find": self.runs.name,
             "filter": mongo_filter(query, names=await self._names(query), window=window),
@@ -150,6 +154,34 @@ class HistoryStore:
         except PyMongoError as exc:
             raise InfrastructureError(f"MongoDB explain failed: {exc}") from exc
         return result
+
+    async def _oldest_run_time(self) -> datetime | None:
+        """About when the oldest stored run started (within a day, never after it), found
+        by halving a range with index probes; cached for a few minutes. Oldest-first pages
+        walk forward from here (DocumentDB cannot hand out the minimum without a scan)."""
+        now = datetime.now(UTC)
+        if self._oldest is not None and now - self._oldest[0] < OLDEST_RUN_CACHE:
+            return self._oldest[1]
+        low, high = OLDEST_RUN_SEARCH_FROM, now + timedelta(days=1)
+        found: datetime | None = None
+        if await self._exists({"created_at": {"$lt": high}}) and not await self._exists(
+            {"created_at": {"$lt": low}}
+        ):
+            while high - low > timedelta(days=1):
+                middle = low + (high - low) / 2
+                if await self._exists({"created_at": {"$lt": middle}}):
+                    high = middle
+                else:
+                    low = middle
+            found = low
+        self._oldest = (now, found)
+        return found
+
+    async def _exists(self, query: Document) -> bool:
+        try:
+            return await self.runs.find_one(query, {"_id": 1}) is not None
+        except PyMongoError as exc:
+            raise InfrastructureError(f"MongoDB query failed: {exc}") from exc
 
     async def _names(self, query: RunQuery) -> list[str]:
         """Workflow names containing the query's search text: from the registered workflows
@@ -306,45 +338,84 @@ class HistoryStore:
         return PurgedRuns(runs.deleted_count, attempts.deleted_count, logs.deleted_count)
 
 
-# How far a page looks before it widens: windows of the start time (newest first: back from
-# the cursor or now), or lower bounds of the duration (longest first). Each is tried while
-# the page is not full; the last step has no bound. A step of x6 (x4 for durations, which
-# bunch more) keeps both the wasted queries and the final window's overshoot small.
-STARTED_WINDOWS = tuple(timedelta(hours=6**k) for k in range(7))  # 1 h .. 5.3 years
-DURATION_FLOORS_MS = (*(int(604_800_000 / 4**k) for k in range(11)), 0)  # 7 days .. 0.6 s, 0
+# Where a page starts looking, and how fast it widens: a window of the start time (newest
+# first: back from the cursor, ``until`` or now), or a lower bound of the duration (longest
+# first). Each try that comes back short widens by what it found: by about twice the
+# factor that would have filled the page, at least x2 and at most x36 (x36 when it found
+# nothing), so a page takes two or three tries and sorts at most a few pages' worth.
+FIRST_WINDOW = timedelta(hours=1)
+OLDEST_RUN_SEARCH_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+OLDEST_RUN_CACHE = timedelta(minutes=5)
+LONGEST_WINDOW = timedelta(days=365 * 20)
+FIRST_DURATION_FLOOR_MS = 3_600_000
+LEAST_DURATION_FLOOR_MS = 500
+MAX_WIDENING = 36.0
 
 
-def page_windows(query: RunQuery, after: Cursor | None) -> list[Document | None]:
-    """The bounds of the sort key :meth:`HistoryStore.list_runs` tries in turn
-    (``{"$gte": ...}``); ``None`` is no bound.
+def _widening(found: int, wanted: int) -> float:
+    if found <= 0:
+        return MAX_WIDENING
+    return min(max(2.0 * wanted / found, 2.0), MAX_WIDENING)
 
-    Newest first: back from the cursor's start time (or ``until``, or now) by each window,
-    until the window reaches the query's own lower bound. Longest first: duration at least
-    each floor under the cursor's. Oldest and shortest first read unbounded (rare, and the
-    oldest run's time is not known without a scan)."""
-    windows: list[Document | None] = []
-    if query.ascending:
-        return [None]
-    if query.sort is SortKey.STARTED:
-        anchor = (
-            datetime.fromtimestamp(after.key / 1000, UTC)
-            if after is not None
-            else (query.until or query.now)
-        )
+
+class PageWindows:
+    """The bounds of the sort key (``{"$gte": ...}``, or ``{"$lt": ...}`` oldest first)
+    :meth:`HistoryStore.list_runs` tries in turn, ending with ``None`` (no bound).
+    Oldest first walks forward from the cursor, the query's lower bound or ``oldest`` (when
+    the store knows when its oldest run started); shortest first reads unbounded (rare)."""
+
+    def __init__(
+        self, query: RunQuery, after: Cursor | None, oldest: datetime | None = None
+    ) -> None:
+        self._query = query
+        self._wanted = query.limit + 1
+        self._width = FIRST_WINDOW
         lower = [t for t in (range_start(query.date_range, query.now), query.since) if t]
-        floor = max(lower) if lower else None
-        for width in STARTED_WINDOWS:
-            start = anchor - width
-            if floor is not None and start <= floor:
-                break
-            windows.append({"$gte": start})
-    else:
+        self._floor_time = max(lower) if lower else None
+        cursor_time = None if after is None else datetime.fromtimestamp(after.key / 1000, UTC)
+        if query.ascending:
+            self._anchor = cursor_time or self._floor_time or oldest
+            self._ceiling_time = query.until or query.now
+        else:
+            self._anchor = cursor_time or query.until or query.now
         cap = after.key if after is not None else None
-        for least in DURATION_FLOORS_MS:
-            if cap is None or least <= cap:
-                windows.append({"$gte": least})
-    windows.append(None)
-    return windows
+        self._least = FIRST_DURATION_FLOOR_MS if cap is None else cap // 4
+
+    def first(self) -> Document | None:
+        if self._query.sort is SortKey.STARTED:
+            return self._time_bound()
+        if self._query.ascending:
+            return None
+        return self._duration_bound()
+
+    def widen(self, found: int) -> Document | None:
+        """The next bound after one that found ``found`` runs (fewer than wanted)."""
+        factor = _widening(found, self._wanted)
+        if self._query.sort is SortKey.STARTED:
+            self._width = self._width * factor
+            return self._time_bound()
+        if self._least <= 0:
+            return None
+        self._least = int(self._least / factor)
+        return self._duration_bound()
+
+    def _time_bound(self) -> Document | None:
+        if self._anchor is None or self._width > LONGEST_WINDOW:
+            return None
+        if self._query.ascending:
+            end = self._anchor + self._width
+            if end >= self._ceiling_time:
+                return None  # the query's own upper bound (or now) is the tighter one
+            return {"$lt": end}
+        start = self._anchor - self._width
+        if self._floor_time is not None and start <= self._floor_time:
+            return None  # the query's own lower bound is the tighter one
+        return {"$gte": start}
+
+    def _duration_bound(self) -> Document | None:
+        if self._least < LEAST_DURATION_FLOOR_MS:
+            self._least = 0
+        return {"$gte": self._least}
 
 
 def _records(doc: Mapping[str, Any]) -> list[LogRecord]:

@@ -255,7 +255,9 @@ def mongo_filter(
     sort_bounds: Document = dict(window or {})
     if query.sort is SortKey.STARTED:
         for op, bound in created.items():
-            sort_bounds[op] = max(bound, sort_bounds[op]) if op in sort_bounds else bound
+            if op in sort_bounds:  # both bound the same side: the tighter one holds
+                bound = max(bound, sort_bounds[op]) if op == "$gte" else min(bound, sort_bounds[op])
+            sort_bounds[op] = bound
     elif created:
         parts.append({"created_at": created})
     clauses = search_clauses(query.search, names)
